@@ -1,0 +1,66 @@
+"""scrub: causal scrubbing for TransformerLens models.
+
+Write a hypothesis as a graph of claims, and `scrub.evaluate` tells you how much of the model's
+performance it explains (loss recovered). See README.md for a tutorial and DESIGN.md for the method.
+"""
+
+from scrub import metrics
+from scrub.api import evaluate
+from scrub.components import MLP, Embed, Head, Output, PosEmbed
+from scrub.data import EXACT, Dataset, Feature
+from scrub.errors import (
+    ComponentError,
+    DatasetError,
+    FeatureError,
+    HypothesisError,
+    MetricError,
+    ReportError,
+    ScheduleError,
+    ScrubError,
+    UnsupportedModelError,
+)
+from scrub.hypothesis import Claim, Hypothesis
+from scrub.plan import Schedule, plan
+from scrub.result import Result
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # tasks and zoo import TransformerLens / training code: load them on first use
+    if name in ("tasks", "zoo"):
+        import importlib
+
+        return importlib.import_module(f"scrub.{name}")
+    raise AttributeError(f"module 'scrub' has no attribute {name!r}")
+
+
+__all__ = [
+    "Hypothesis",
+    "Claim",
+    "Feature",
+    "EXACT",
+    "Dataset",
+    "Head",
+    "MLP",
+    "Embed",
+    "PosEmbed",
+    "Output",
+    "evaluate",
+    "plan",
+    "Schedule",
+    "Result",
+    "metrics",
+    "tasks",
+    "zoo",
+    "ScrubError",
+    "HypothesisError",
+    "ComponentError",
+    "FeatureError",
+    "DatasetError",
+    "UnsupportedModelError",
+    "ScheduleError",
+    "MetricError",
+    "ReportError",
+    "__version__",
+]

@@ -1,0 +1,222 @@
+"""Metrics scored per reference row, loss recovered, standard errors and bootstrap intervals.
+
+A `Metric` maps the scrubbed logits of a batch of reference rows to one number per row. Built-in:
+`cross_entropy` (per-token, masked), `logit_diff`, `accuracy`, `kl_to_model`; any callable
+``(logits, batch) -> [n]`` works too (see `resolve`).
+
+Loss recovered is ``(M_base - M_scrub) / (M_base - M_model)``. The same expression serves
+higher-is-better metrics (numerator and denominator both change sign), so no mirroring code is
+needed. It is never clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import attrs
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from scrub.data import Dataset
+from scrub.errors import MetricError
+
+__all__ = [
+    "Metric",
+    "cross_entropy",
+    "logit_diff",
+    "accuracy",
+    "kl_to_model",
+    "resolve",
+    "LossRecovered",
+    "loss_recovered",
+    "METRICS",
+]
+
+MetricFn = Callable[[Tensor, Dataset, Optional[Tensor]], Tensor]
+
+
+@attrs.frozen
+class Metric:
+    """A per-row score of the model's logits on a batch of reference rows.
+
+    Attributes:
+        name: label for reports.
+        fn: ``fn(logits [n, pos, vocab], batch, clean_logits or None) -> [n]``.
+        lower_is_better: True for losses, False for accuracies and logit differences.
+        needs_clean: whether ``fn`` reads the unscrubbed model's logits (e.g. KL).
+    """
+
+    name: str
+    fn: MetricFn = attrs.field(repr=False)
+    lower_is_better: bool = True
+    needs_clean: bool = False
+
+    def __call__(self, logits: Tensor, batch: Dataset, clean_logits: Optional[Tensor] = None) -> Float[Tensor, "n"]:
+        if torch.isnan(logits).any():
+            raise MetricError(
+                f"metric {self.name!r}: the model produced NaN logits on dataset {batch.name!r}; "
+                f"check the weights and inputs (a NaN anywhere makes every loss meaningless)"
+            )
+        value = self.fn(logits, batch, clean_logits)
+        if not isinstance(value, Tensor) or value.shape != (len(batch),):
+            raise MetricError(
+                f"metric {self.name!r} must return one value per row, a tensor of shape ({len(batch)},); "
+                f"got {getattr(value, 'shape', type(value).__name__)}"
+            )
+        return value.detach().to(torch.float64)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the scored positions of each row: values, mask ``[n, pos]`` -> ``[n]``."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+def _cross_entropy(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
+    logprobs = logits.float().log_softmax(dim=-1)  # [n, pos, vocab]
+    targets = batch.targets.to(logits.device).clamp(min=0)  # unscored targets may be -1
+    nll = -logprobs.gather(-1, targets[..., None])[..., 0]  # [n, pos]
+    return _masked_mean(nll, batch.loss_mask.to(logits.device))
+
+
+def _accuracy(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
+    hit = (logits.argmax(dim=-1) == batch.targets.to(logits.device)).float()  # [n, pos]
+    return _masked_mean(hit, batch.loss_mask.to(logits.device))
+
+
+def _kl(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
+    if clean is None:
+        raise MetricError("metric 'kl_to_model' needs the unscrubbed logits; the engine did not pass them")
+    p_log = clean.float().log_softmax(dim=-1)  # [n, pos, vocab] the model's distribution
+    q_log = logits.float().log_softmax(dim=-1)
+    kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1)  # [n, pos]
+    return _masked_mean(kl, batch.loss_mask.to(logits.device))
+
+
+def cross_entropy() -> Metric:
+    """Mean cross-entropy of the targets over each row's scored positions (lower is better)."""
+    return Metric("cross_entropy", _cross_entropy, lower_is_better=True)
+
+
+def accuracy() -> Metric:
+    """Fraction of scored positions where the top logit is the target (higher is better)."""
+    return Metric("accuracy", _accuracy, lower_is_better=False)
+
+
+def kl_to_model() -> Metric:
+    """KL(model || scrubbed) of the output distributions at the scored positions (lower is better)."""
+    return Metric("kl_to_model", _kl, lower_is_better=True, needs_clean=True)
+
+
+def logit_diff(wrong: str = "wrong_target") -> Metric:
+    """``logit[target] - logit[wrong]`` averaged over scored positions (higher is better).
+
+    ``wrong`` names the dataset extra holding the competing token, ``[n]`` or ``[n, pos]``.
+    """
+
+    def diff(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
+        if wrong not in batch.extras:
+            raise MetricError(
+                f"metric logit_diff needs dataset extras[{wrong!r}] (the competing token); "
+                f"dataset {batch.name!r} has {sorted(batch.extras)}"
+            )
+        other = batch.extras[wrong].to(logits.device).long()
+        if other.ndim == 1:
+            other = other[:, None].expand(-1, logits.shape[1])
+        targets = batch.targets.to(logits.device).clamp(min=0)
+        right = logits.gather(-1, targets[..., None])[..., 0]  # [n, pos]
+        wrong_logit = logits.gather(-1, other.clamp(min=0)[..., None])[..., 0]
+        return _masked_mean((right - wrong_logit).float(), batch.loss_mask.to(logits.device))
+
+    return Metric("logit_diff", diff, lower_is_better=False)
+
+
+METRICS: dict[str, Callable[[], Metric]] = {
+    "cross_entropy": cross_entropy,
+    "ce": cross_entropy,
+    "loss": cross_entropy,
+    "accuracy": accuracy,
+    "kl": kl_to_model,
+    "kl_to_model": kl_to_model,
+    "logit_diff": logit_diff,
+}
+
+
+def resolve(metric: Union[None, str, Metric, Callable]) -> Metric:
+    """A `Metric` from a name, a Metric, or a callable ``(logits, batch) -> [n]`` (lower is better).
+
+    Raises:
+        MetricError: unknown name or a non-callable.
+    """
+    if metric is None:
+        return cross_entropy()
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise MetricError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a callable")
+        return METRICS[metric]()
+    if callable(metric):
+        name = getattr(metric, "__name__", "custom")
+        return Metric(name, lambda logits, batch, clean: metric(logits, batch), lower_is_better=True)
+    raise MetricError(f"metric must be a name, a scrub.metrics.Metric or a callable, got {metric!r}")
+
+
+@attrs.frozen
+class LossRecovered:
+    """Loss recovered with its uncertainty (see `loss_recovered`)."""
+
+    value: float
+    stderr: float
+    ci: tuple[float, float]
+    per_seed: tuple[float, ...]
+    stderr_seeds: float
+
+
+def _ratio(base: Tensor, scrub: Tensor, model: Tensor) -> Tensor:
+    return (base - scrub) / (base - model)
+
+
+def loss_recovered(
+    model: Float[Tensor, "n"],
+    base: Float[Tensor, "seeds n"],
+    scrub: Float[Tensor, "seeds n"],
+    *,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> LossRecovered:
+    """Loss recovered, its standard error and a bootstrap confidence interval.
+
+    Rows are the unit of resampling: each row's metric is first averaged over seeds (draws are
+    independent across rows, so the spread over rows carries both sources of noise). The standard
+    error is the delta-method error of the ratio of means; the interval is the percentile
+    bootstrap over rows (paired: model, baseline and scrub share the resampled rows).
+    ``stderr_seeds`` is the spread of the per-seed values (NaN with one seed).
+    """
+    model, base, scrub = model.double(), base.double(), scrub.double()
+    b, s, m = base.mean(0), scrub.mean(0), model  # [n] seed-averaged per row
+    n = b.shape[0]
+    denom = b.mean() - m.mean()
+    value = float(_ratio(b.mean(), s.mean(), m.mean()))
+    influence = ((b - s) - value * (b - m)) / denom  # [n]
+    stderr = float(influence.std() / math.sqrt(n)) if n > 1 else float("nan")
+    per_seed = tuple(float(_ratio(base[j].mean(), scrub[j].mean(), m.mean())) for j in range(base.shape[0]))
+    stderr_seeds = float(torch.tensor(per_seed).std() / math.sqrt(len(per_seed))) if len(per_seed) > 1 else float("nan")
+    generator = torch.Generator().manual_seed(seed)
+    draws = []
+    for start in range(0, n_boot, 100):
+        k = min(100, n_boot - start)
+        idx = torch.randint(n, (k, n), generator=generator)  # [k, n]
+        draws.append(_ratio(b[idx].mean(1), s[idx].mean(1), m[idx].mean(1)))
+    boot = torch.cat(draws)
+    boot = boot[torch.isfinite(boot)]
+    alpha = (1.0 - level) / 2
+    if len(boot) == 0:
+        ci = (float("nan"), float("nan"))
+    else:
+        ci = (float(torch.quantile(boot, alpha)), float(torch.quantile(boot, 1 - alpha)))
+    return LossRecovered(value=value, stderr=stderr, ci=ci, per_seed=per_seed, stderr_seeds=stderr_seeds)

@@ -1,0 +1,269 @@
+"""Planning: treeified hypothesis + dataset + seed -> Schedule of sampled rows. No forward passes.
+
+The Schedule fixes every random choice of one scrub: for each tree node, the dataset row(s) its
+claim is evaluated on (its *datum*) and, for nodes with inputs, the *other* datum that feeds every
+input the hypothesis does not claim. Sampling follows DESIGN.md section 1 to the letter:
+
+* the root's datum is the reference row (its label scores the loss);
+* at each node the "other" datum is drawn first (uniform over the dataset), then each child in
+  the order it was claimed, depth first;
+* a child's datum is drawn uniformly with replacement from the rows that agree with its parent's
+  datum on the child's feature (`EXACT`: the parent's datum itself, no draw); a per-position
+  feature draws one row per (row, position), agreeing at that position only;
+* a node with children whose datum is per position is treeified per output position: position
+  ``t`` of its output comes from its own copy, holding the datum drawn for ``t``, with its own
+  "other" datum and child draws (copies in position order).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence
+
+import attrs
+import torch
+from torch import Tensor
+
+from scrub.components import Component, Output
+from scrub.data import EXACT, Dataset, Feature, FeatureValues, sample_matching
+from scrub.errors import ScheduleError
+from scrub.hypothesis import Claim, Edge, Hypothesis, TreeSpec
+
+__all__ = ["ScheduleNode", "Schedule", "plan", "FeatureCache"]
+
+
+@attrs.frozen(eq=False)
+class ScheduleNode:
+    """One tree node with its sampled rows.
+
+    Attributes:
+        claim: the claim this node is a copy of.
+        edge: the edge into the parent (``None`` at the root).
+        datum: ``[n]`` rows (one per reference row), or ``[n, pos]`` (one per reference row and
+            position) for a per-position feature.
+        other: ``[n]`` rows feeding the unclaimed inputs; ``None`` for leaves and for
+            per-position nodes (whose copies hold it).
+        children: child nodes, in claim order (empty for leaves and per-position nodes).
+        copies: for a per-position node with children, ``{position: copy}`` where each copy
+            holds ``datum[:, position]`` and its own other datum and children. Only the
+            positions the parent reads are copied.
+        path: the path from the root that makes this copy distinct.
+    """
+
+    claim: Claim
+    edge: Optional[Edge]
+    datum: Tensor
+    other: Optional[Tensor]
+    children: tuple["ScheduleNode", ...]
+    copies: Optional[dict[int, "ScheduleNode"]]
+    path: tuple[str, ...]
+
+    @property
+    def component(self) -> Component:
+        return self.claim.component
+
+    @property
+    def is_root(self) -> bool:
+        return self.edge is None
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.is_root and not self.children and self.copies is None
+
+    @property
+    def per_position(self) -> bool:
+        return self.datum.ndim == 2
+
+    def walk(self) -> Iterator["ScheduleNode"]:
+        """This node, its copies and every node below, in sampling order."""
+        yield self
+        for copy in (self.copies or {}).values():
+            yield from copy.walk()
+        for child in self.children:
+            yield from child.walk()
+
+    def select(self, rows: Tensor) -> "ScheduleNode":
+        """The same node restricted to reference rows ``rows`` (for chunked execution)."""
+        return attrs.evolve(
+            self,
+            datum=self.datum[rows],
+            other=None if self.other is None else self.other[rows],
+            children=tuple(c.select(rows) for c in self.children),
+            copies=None if self.copies is None else {t: c.select(rows) for t, c in self.copies.items()},
+        )
+
+
+@attrs.frozen(eq=False)
+class Schedule:
+    """All sampled rows of one scrub of one hypothesis with one seed.
+
+    ``reference`` holds the reference rows (the root's datum); every row index refers to
+    ``dataset``. Print it to see the tree, the features and their equivalence-class sizes.
+    """
+
+    hypothesis: str
+    seed: int
+    root: ScheduleNode
+    dataset: Dataset
+    reference: Tensor
+    class_sizes: dict[str, tuple[int, float, int]]  # feature name -> (min, median, max) class size
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.reference.shape[0])
+
+    def nodes(self) -> Iterator[ScheduleNode]:
+        return self.root.walk()
+
+    def select(self, rows: Tensor) -> "Schedule":
+        """The schedule restricted to some reference rows (results per row are unchanged)."""
+        return attrs.evolve(self, root=self.root.select(rows), reference=self.reference[rows])
+
+    def __str__(self) -> str:
+        lines = [
+            f"Schedule {self.hypothesis!r}: seed {self.seed}, {self.n_rows} reference rows of "
+            f"dataset {self.dataset.name!r} ({len(self.dataset)} rows)"
+        ]
+
+        def show(node: ScheduleNode, indent: str) -> None:
+            claim = node.claim
+            if node.is_root:
+                head = "output (datum: reference rows)"
+            else:
+                e = node.edge
+                where = "" if e.positions is None else f" @pos{list(e.positions)}"
+                kind = "per-position" if node.per_position else "per-row"
+                head = f"<-{e.port}{where}- {claim.name} [{claim.feature}, {kind} datum]"
+            if node.is_leaf:
+                head += " leaf"
+            elif node.copies is not None:
+                head += f" treeified into {len(node.copies)} per-position copies"
+            lines.append(indent + head)
+            for child in node.children:
+                show(child, indent + "    ")
+            if node.copies:
+                first = next(iter(node.copies.values()))
+                lines.append(indent + f"    (each copy, e.g. position {next(iter(node.copies))}:)")
+                for child in first.children:
+                    show(child, indent + "        ")
+
+        show(self.root, "  ")
+        if self.class_sizes:
+            lines.append("  equivalence classes (min / median / max rows per class):")
+            for name, (lo, med, hi) in self.class_sizes.items():
+                warn = "  <- small: resampling barely changes the input" if lo < 2 else ""
+                lines.append(f"    {name}: {lo} / {med:g} / {hi}{warn}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.hypothesis!r}, seed={self.seed}, rows={self.n_rows}, nodes={sum(1 for _ in self.nodes())})"
+
+
+class FeatureCache:
+    """Features evaluated once per dataset (features are pure, so the values can be shared)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._values: dict[int, FeatureValues] = {}
+
+    def __call__(self, feature: Feature) -> FeatureValues:
+        key = id(feature)
+        if key not in self._values:
+            self._values[key] = feature.evaluate(self.dataset)
+        return self._values[key]
+
+    def class_sizes(self) -> dict[str, tuple[int, float, int]]:
+        out = {}
+        for values in self._values.values():
+            if values.feature.exact:
+                continue
+            sizes = values.class_sizes().flatten().float()
+            out[values.feature.name] = (int(sizes.min()), float(sizes.median()), int(sizes.max()))
+        return out
+
+
+def plan(
+    hypothesis: Hypothesis,
+    data: Dataset,
+    seed: int,
+    *,
+    model=None,
+    reference: Optional[Tensor] = None,
+    features: Optional[FeatureCache] = None,
+) -> Schedule:
+    """Sample a Schedule for ``hypothesis`` on ``data`` with ``seed`` (pure: no forward passes).
+
+    Args:
+        hypothesis: the hypothesis to scrub.
+        data: the dataset; the pool every datum is drawn from.
+        seed: the seed of the `torch.Generator` that makes every draw.
+        model: if given, the hypothesis is validated against it first.
+        reference: the reference rows (default: every row, in order).
+        features: a shared cache of evaluated features (reuse it across seeds and variants).
+
+    Raises:
+        HypothesisError, FeatureError, ScheduleError: see the messages.
+    """
+    if model is not None:
+        hypothesis.validate(model, n_pos=data.n_pos)
+    else:
+        hypothesis.validate_structure()
+    features = features or FeatureCache(data)
+    if features.dataset is not data:
+        raise ScheduleError("plan(): the feature cache was built for another dataset; build one per dataset")
+    if reference is None:
+        reference = torch.arange(len(data), device=data.device)
+    reference = torch.as_tensor(reference, dtype=torch.long, device=data.device)
+    if reference.ndim != 1 or len(reference) == 0 or int(reference.max()) >= len(data) or int(reference.min()) < 0:
+        raise ScheduleError(
+            f"plan(): reference rows must be a non-empty 1-D tensor of row indices below {len(data)}"
+        )
+    generator = torch.Generator(device=data.device).manual_seed(int(seed))
+    tree = hypothesis.tree()
+    # evaluate every feature up front so shape errors surface before any draw
+    for node in tree.walk():
+        if node.edge is not None:
+            features(node.claim.feature)
+    sampler = _Sampler(data, features, generator)
+    root = sampler.node(tree, reference)
+    return Schedule(
+        hypothesis=hypothesis.name,
+        seed=int(seed),
+        root=root,
+        dataset=data,
+        reference=reference,
+        class_sizes=features.class_sizes(),
+    )
+
+
+class _Sampler:
+    """Recursive draws in the order DESIGN.md fixes (other first, then children depth first)."""
+
+    def __init__(self, data: Dataset, features: FeatureCache, generator: torch.Generator) -> None:
+        self.data, self.features, self.generator = data, features, generator
+
+    def other(self, n: int) -> Tensor:
+        return torch.randint(len(self.data), (n,), generator=self.generator, device=self.data.device)
+
+    def draw_child(self, spec: TreeSpec, parent_datum: Tensor) -> Tensor:
+        feature = spec.claim.feature
+        if feature is EXACT or feature.exact:
+            return parent_datum
+        return sample_matching(parent_datum, self.features(feature), self.generator)
+
+    def node(self, spec: TreeSpec, datum: Tensor) -> ScheduleNode:
+        edge = spec.edge
+        if spec.is_leaf:
+            return ScheduleNode(spec.claim, edge, datum, None, (), None, spec.path)
+        if datum.ndim == 2:
+            # per-position treeification: one copy per position the parent reads
+            positions = range(datum.shape[1]) if edge.positions is None else edge.positions
+            copies = {int(t): self._expand(spec, datum[:, t]) for t in positions}
+            return ScheduleNode(spec.claim, edge, datum, None, (), copies, spec.path)
+        return self._expand(spec, datum)
+
+    def _expand(self, spec: TreeSpec, datum: Tensor) -> ScheduleNode:
+        other = self.other(datum.shape[0])
+        children = []
+        for child in spec.children:
+            children.append(self.node(child, self.draw_child(child, datum)))
+        return ScheduleNode(spec.claim, spec.edge, datum, other, tuple(children), None, spec.path)
