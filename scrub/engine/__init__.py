@@ -1,5 +1,11 @@
-"""Engines execute Schedules: `ReferenceEngine` (TransformerLens hooks, one node at a time)."""
+"""Engines execute Schedules.
 
+`BatchedEngine` (the default) runs one clean pass and evaluates tree nodes layer by layer in
+batched calls; `ReferenceEngine` runs TransformerLens hooks one tree node at a time and is the
+oracle the batched engine is tested against.
+"""
+
+from scrub.engine.batched import BatchedEngine
 from scrub.engine.reference import ReferenceEngine
 
-__all__ = ["ReferenceEngine"]
+__all__ = ["BatchedEngine", "ReferenceEngine"]

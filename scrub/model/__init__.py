@@ -1,0 +1,20 @@
+"""The model view: a transformer's weights as plain tensors and pure per-component functions.
+
+`ModelView.from_hooked(model)` reads a TransformerLens ``HookedTransformer`` (refusing
+configurations it does not implement with `scrub.errors.UnsupportedModelError`); its methods
+evaluate one component (a head, a stack of heads, an MLP, the embeddings, the unembedding) on
+given port inputs, batched over rows, and `ModelView.clean_pass` runs the whole model keeping
+every component's output.
+"""
+
+from scrub.model.config import ACTIVATIONS, SUPPORTED_ACT_FNS, ViewConfig, config_from_hooked
+from scrub.model.view import CleanPass, ModelView
+
+__all__ = [
+    "ModelView",
+    "ViewConfig",
+    "CleanPass",
+    "config_from_hooked",
+    "SUPPORTED_ACT_FNS",
+    "ACTIVATIONS",
+]

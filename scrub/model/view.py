@@ -1,0 +1,474 @@
+"""The model view: a decoder-only transformer's weights as plain tensors, and pure functions that
+evaluate ONE component on given port inputs, batched over rows.
+
+The view is what the batched scrubbing engine runs. Every function is pure (no hooks, no module
+state), vectorised over the leading batch axis, and computes in the dtype and on the device of
+the weights. `ModelView.forward` is built only from the component functions (embeddings, heads,
+MLPs, unembedding) summed into the residual stream, and equals TransformerLens's logits for
+every supported configuration (see `scrub.model.config`).
+
+Padding masks are not modelled: every token is a real token. (A TransformerLens model with a
+left-padding tokenizer masks leading pad tokens in its own forward; the view does not.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import attrs
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from scrub.errors import ComponentError, DatasetError, ScheduleError
+from scrub.model.config import ACTIVATIONS, ViewConfig, config_from_hooked
+
+__all__ = ["ModelView", "CleanPass"]
+
+
+@attrs.frozen(eq=False)
+class CleanPass:
+    """One unscrubbed forward pass: every component's output and every port's input.
+
+    The residual stream decomposes exactly into component outputs (plus attention biases):
+    ``resid_pre[l] = embed + pos + sum_{l' < l} (head_out[l'].sum(2) + b_O[l'] + mlp_out[l'])``
+    and ``resid_mid[l] = resid_pre[l] + head_out[l].sum(2) + b_O[l]``, with ``b_O`` from
+    `ModelView.attn_bias`.
+
+    Attributes:
+        embed: token embedding ``[b, p, d_model]``.
+        pos: what the positional embedding adds to the residual stream ``[b, p, d_model]``;
+            all zeros for shortformer models, whose positions enter only the q/k inputs of heads.
+        resid_pre: per layer, the residual stream the heads read ``[b, p, d_model]``.
+        resid_mid: per layer, the residual stream the MLP reads (``None`` if attention-only).
+        head_out: per layer, every head's output without ``b_O`` ``[b, p, n_heads, d_model]``.
+        mlp_out: per layer, the MLP's output (``None`` if attention-only).
+        resid_final: the residual stream the output reads ``[b, p, d_model]``.
+        logits: ``[b, p, d_vocab_out]``.
+    """
+
+    embed: Float[Tensor, "b p d"]
+    pos: Float[Tensor, "b p d"]
+    resid_pre: tuple[Float[Tensor, "b p d"], ...]
+    resid_mid: Optional[tuple[Float[Tensor, "b p d"], ...]]
+    head_out: tuple[Float[Tensor, "b p h d"], ...]
+    mlp_out: Optional[tuple[Float[Tensor, "b p d"], ...]]
+    resid_final: Float[Tensor, "b p d"]
+    logits: Float[Tensor, "b p v"]
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    return torch.stack([t.detach() for t in tensors]).clone()
+
+
+def _copy(t: Tensor) -> Tensor:
+    return t.detach().clone()
+
+
+
+
+@attrs.frozen(eq=False)
+class ModelView:
+    """A decoder-only transformer's weights as plain tensors, with one pure function per component.
+
+    Build it with `ModelView.from_hooked`. Weight shapes (``L`` layers, ``H`` heads)::
+
+        W_E [d_vocab, d_model]      W_pos [n_ctx, d_model]
+        W_Q, W_K, W_V [L, H, d_model, d_head]   b_Q, b_K, b_V [L, H, d_head]
+        W_O [L, H, d_head, d_model]             b_O [L, d_model]
+        W_in [L, d_model, d_mlp]  b_in [L, d_mlp]  W_out [L, d_mlp, d_model]  b_out [L, d_model]
+        ln1_w, ln1_b, ln2_w, ln2_b [L, d_model]   ln_final_w, ln_final_b [d_model]
+        W_U [d_model, d_vocab_out]  b_U [d_vocab_out]
+
+    MLP weights are ``None`` for attention-only models, LayerNorm weights unless the
+    normalisation is ``"LN"``. All tensors are detached copies sharing one dtype and device.
+    """
+
+    config: ViewConfig
+    W_E: Tensor
+    W_pos: Tensor
+    W_Q: Tensor
+    b_Q: Tensor
+    W_K: Tensor
+    b_K: Tensor
+    W_V: Tensor
+    b_V: Tensor
+    W_O: Tensor
+    b_O: Tensor
+    W_U: Tensor
+    b_U: Tensor
+    W_in: Optional[Tensor] = None
+    b_in: Optional[Tensor] = None
+    W_out: Optional[Tensor] = None
+    b_out: Optional[Tensor] = None
+    ln1_w: Optional[Tensor] = None
+    ln1_b: Optional[Tensor] = None
+    ln2_w: Optional[Tensor] = None
+    ln2_b: Optional[Tensor] = None
+    ln_final_w: Optional[Tensor] = None
+    ln_final_b: Optional[Tensor] = None
+
+    def __attrs_post_init__(self) -> None:
+        self._check_shapes()
+
+    # ---------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_hooked(cls, model: Any) -> "ModelView":
+        """Read a TransformerLens ``HookedTransformer`` into a view (weights copied, detached).
+
+        Raises:
+            UnsupportedModelError: the model uses a setting the view does not implement (rotary
+                or ALiBi positions, RMSNorm, grouped-query attention, gated or MoE MLPs,
+                parallel attention/MLP, soft caps, qk-norm, local attention, post-norm, ...).
+                The message names the setting and says what is supported.
+        """
+        config = config_from_hooked(model)
+        blocks = list(model.blocks)
+        with torch.no_grad():
+            weights: dict[str, Optional[Tensor]] = dict(
+                W_E=_copy(model.embed.W_E),
+                W_pos=_copy(model.pos_embed.W_pos),
+                W_Q=_stack([b.attn.W_Q for b in blocks]),
+                b_Q=_stack([b.attn.b_Q for b in blocks]),
+                W_K=_stack([b.attn.W_K for b in blocks]),  # GQA modules expand to H heads
+                b_K=_stack([b.attn.b_K for b in blocks]),
+                W_V=_stack([b.attn.W_V for b in blocks]),
+                b_V=_stack([b.attn.b_V for b in blocks]),
+                W_O=_stack([b.attn.W_O for b in blocks]),
+                b_O=_stack([b.attn.b_O for b in blocks]),
+                W_U=_copy(model.unembed.W_U),
+                b_U=_copy(model.unembed.b_U),
+            )
+            if not config.attn_only:
+                weights.update(
+                    W_in=_stack([b.mlp.W_in for b in blocks]),
+                    b_in=_stack([b.mlp.b_in for b in blocks]),
+                    W_out=_stack([b.mlp.W_out for b in blocks]),
+                    b_out=_stack([b.mlp.b_out for b in blocks]),
+                )
+            if config.normalization == "LN":
+                weights.update(
+                    ln1_w=_stack([b.ln1.w for b in blocks]),
+                    ln1_b=_stack([b.ln1.b for b in blocks]),
+                    ln_final_w=_copy(model.ln_final.w),
+                    ln_final_b=_copy(model.ln_final.b),
+                )
+                if not config.attn_only:
+                    weights.update(
+                        ln2_w=_stack([b.ln2.w for b in blocks]),
+                        ln2_b=_stack([b.ln2.b for b in blocks]),
+                    )
+        return cls(config=config, **weights)
+
+    def _check_shapes(self) -> None:
+        c = self.config
+        L, H, d, e = c.n_layers, c.n_heads, c.d_model, c.d_head
+        m = c.d_mlp
+        ln = c.normalization == "LN"
+        expected: dict[str, Optional[tuple[int, ...]]] = {
+            "W_E": (c.d_vocab, d),
+            "W_pos": (c.n_ctx, d),
+            "W_Q": (L, H, d, e),
+            "b_Q": (L, H, e),
+            "W_K": (L, H, d, e),
+            "b_K": (L, H, e),
+            "W_V": (L, H, d, e),
+            "b_V": (L, H, e),
+            "W_O": (L, H, e, d),
+            "b_O": (L, d),
+            "W_U": (d, c.d_vocab_out),
+            "b_U": (c.d_vocab_out,),
+            "W_in": None if c.attn_only else (L, d, m),
+            "b_in": None if c.attn_only else (L, m),
+            "W_out": None if c.attn_only else (L, m, d),
+            "b_out": None if c.attn_only else (L, d),
+            "ln1_w": (L, d) if ln else None,
+            "ln1_b": (L, d) if ln else None,
+            "ln2_w": (L, d) if ln and not c.attn_only else None,
+            "ln2_b": (L, d) if ln and not c.attn_only else None,
+            "ln_final_w": (d,) if ln else None,
+            "ln_final_b": (d,) if ln else None,
+        }
+        for name, shape in expected.items():
+            t = getattr(self, name)
+            got = None if t is None else tuple(t.shape)
+            if got != shape:
+                raise ValueError(f"ModelView.{name}: expected shape {shape}, got {got}")
+            if t is not None and (t.dtype != self.W_E.dtype or t.device != self.W_E.device):
+                raise ValueError(
+                    f"ModelView.{name} is {t.dtype} on {t.device}; every weight must share "
+                    f"W_E's dtype and device ({self.W_E.dtype}, {self.W_E.device})"
+                )
+
+    def to(
+        self, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
+    ) -> "ModelView":
+        """A copy of the view with every weight moved to ``device`` and/or cast to ``dtype``."""
+        moved = {}
+        for f in attrs.fields(type(self)):
+            t = getattr(self, f.name)
+            if f.name != "config":
+                moved[f.name] = None if t is None else t.to(device=device, dtype=dtype)
+        return type(self)(config=self.config, **moved)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights; every function computes in it."""
+        return self.W_E.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the weights; every function computes on it."""
+        return self.W_E.device
+
+    # ------------------------------------------------------------------------------- helpers
+
+    def _layer(self, layer: int) -> int:
+        n_layers = self.config.n_layers
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n_layers:
+            raise ComponentError(
+                f"layer {layer!r} does not exist: the model has layers 0..{n_layers - 1}"
+            )
+        return layer
+
+    def _check_positions(self, n_pos: int) -> None:
+        if n_pos > self.config.n_ctx:
+            raise DatasetError(
+                f"sequences of {n_pos} positions are longer than the model's context "
+                f"(n_ctx={self.config.n_ctx}); truncate the dataset to at most {self.config.n_ctx}"
+            )
+
+    def _norm(self, x: Tensor, w: Optional[Tensor], b: Optional[Tensor]) -> Tensor:
+        """LayerNorm ("LN": with ``w``, ``b``), its folded form ("LNPre"), or the identity."""
+        if self.config.normalization is None:
+            return x
+        # TransformerLens normalises low-precision inputs in float32 and casts back.
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+        xf = xf - xf.mean(-1, keepdim=True)  # [..., d]
+        scale = (xf.pow(2).mean(-1, keepdim=True) + self.config.eps).sqrt()  # [..., 1]
+        out = (xf / scale).to(self.dtype)  # [..., d]
+        if w is not None and b is not None:
+            out = out * w + b
+        return out
+
+    def _ln1(self, layer: int, x: Tensor) -> Tensor:
+        ln = self.ln1_w is not None and self.ln1_b is not None
+        return self._norm(x, self.ln1_w[layer] if ln else None, self.ln1_b[layer] if ln else None)
+
+    def _attend(
+        self,
+        layer: int,
+        heads: Any,
+        q_in: Tensor,
+        k_in: Tensor,
+        v_in: Tensor,
+    ) -> Tensor:
+        """Attention of layer ``layer`` for the heads selected by ``heads`` (an index of dim 1).
+
+        ``heads`` selects from the layer's ``[H, ...]`` weights: a ``[b, 1]`` integer tensor
+        gives each row its own head; ``slice(None)`` gives every head. Returns
+        ``[b, h, p, d_model]`` (``h`` = 1 or ``H``), without ``b_O``.
+        """
+        if not (q_in.shape == k_in.shape == v_in.shape) or q_in.ndim != 3:
+            raise ScheduleError(
+                f"head inputs must share one shape [batch, pos, d_model]; got "
+                f"q {tuple(q_in.shape)}, k {tuple(k_in.shape)}, v {tuple(v_in.shape)}"
+            )
+        if q_in.shape[-1] != self.config.d_model:
+            raise ScheduleError(
+                f"head inputs must have d_model={self.config.d_model} features, "
+                f"got {q_in.shape[-1]}"
+            )
+        n_pos = q_in.shape[1]
+        self._check_positions(n_pos)
+        # Weights of the selected heads, with a leading row axis r (1 or b) to broadcast over.
+        W_Q = self.W_Q[layer][heads]  # [r, h, d_model, d_head]
+        W_K = self.W_K[layer][heads]  # [r, h, d_model, d_head]
+        W_V = self.W_V[layer][heads]  # [r, h, d_model, d_head]
+        W_O = self.W_O[layer][heads]  # [r, h, d_head, d_model]
+        b_Q = self.b_Q[layer][heads][..., None, :]  # [r, h, 1, d_head]
+        b_K = self.b_K[layer][heads][..., None, :]  # [r, h, 1, d_head]
+        b_V = self.b_V[layer][heads][..., None, :]  # [r, h, 1, d_head]
+        if W_Q.ndim == 3:  # every head: add the row axis
+            W_Q, W_K, W_V, W_O = W_Q[None], W_K[None], W_V[None], W_O[None]
+            b_Q, b_K, b_V = b_Q[None], b_K[None], b_V[None]
+
+        # ln1 on each input separately, as TransformerLens does with split q/k/v inputs.
+        q_n = self._ln1(layer, q_in)  # [b, p, d_model]
+        k_n = self._ln1(layer, k_in)  # [b, p, d_model]
+        v_n = self._ln1(layer, v_in)  # [b, p, d_model]
+        if self.config.positional == "shortformer":
+            pos = self.W_pos[:n_pos]  # [p, d_model]
+            q_n = q_n + pos
+            k_n = k_n + pos
+
+        q = q_n[:, None] @ W_Q + b_Q  # [b, h, p, d_head]
+        k = k_n[:, None] @ W_K + b_K  # [b, h, p, d_head]
+        v = v_n[:, None] @ W_V + b_V  # [b, h, p, d_head]
+        scores = q @ k.transpose(-1, -2) / self.config.layer_attn_scales[layer]  # [b, h, q, k]
+        if self.config.causal:
+            allowed = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~allowed, float("-inf"))  # [b, h, q, k]
+        pattern = F.softmax(scores, dim=-1)  # [b, h, q, k]
+        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
+        z = pattern @ v  # [b, h, p, d_head]
+        return z @ W_O  # [b, h, p, d_model]
+
+    # ------------------------------------------------------------------------------ components
+
+    def embed(self, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "b p d"]:
+        """Token embedding ``W_E[tokens]`` (the output of ``Embed()``)."""
+        if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise DatasetError(
+                f"tokens must be an integer tensor [batch, pos], got {tokens.dtype} "
+                f"of shape {tuple(tokens.shape)}"
+            )
+        return self.W_E[tokens.to(self.device)]  # [b, p, d_model]
+
+    def pos_embed(self, n_rows: int, n_pos: int) -> Float[Tensor, "b p d"]:
+        """``W_pos[:n_pos]`` broadcast to ``n_rows`` rows (a view; do not write into it).
+
+        For ``"standard"`` positions this is the output of ``PosEmbed()``; for
+        ``"shortformer"`` it is the vector added to the normalised q and k inputs of every head
+        (it is not part of the residual stream there; see `CleanPass.pos`).
+        """
+        self._check_positions(n_pos)
+        return self.W_pos[:n_pos].expand(n_rows, n_pos, self.config.d_model)  # [b, p, d_model]
+
+    def heads(
+        self,
+        layer: int,
+        head_index: Int[Tensor, "b"],
+        q_in: Float[Tensor, "b p d"],
+        k_in: Float[Tensor, "b p d"],
+        v_in: Float[Tensor, "b p d"],
+    ) -> Float[Tensor, "b p d"]:
+        """Output of head ``head_index[i]`` of ``layer`` for row ``i``, given its port inputs.
+
+        ``q_in``, ``k_in`` and ``v_in`` are residual-stream values (before ``ln1``) at the head's
+        q, k and v ports. Each is normalised by ``ln1`` separately; for shortformer models
+        ``W_pos`` is added to the normalised q and k inputs (not v); causal models mask later
+        key positions. Returns ``z @ W_O[h]`` without ``b_O``, which equals TransformerLens's
+        ``hook_result[:, :, h]`` when its ``hook_q_input``/``hook_k_input``/``hook_v_input`` hold
+        these inputs at head ``h``.
+
+        Each row gathers its own head's weights (``4 * b * d_model * d_head`` numbers); chunk
+        very large batches. Checking ``head_index``'s range reads two numbers from the device.
+        """
+        layer = self._layer(layer)
+        head_index = torch.as_tensor(head_index, device=self.device)
+        if head_index.ndim != 1 or head_index.shape[0] != q_in.shape[0]:
+            raise ScheduleError(
+                f"head_index must be a 1-D tensor with one head per row ({q_in.shape[0]}), "
+                f"got shape {tuple(head_index.shape)}"
+            )
+        if head_index.dtype.is_floating_point or head_index.dtype == torch.bool:
+            raise ScheduleError(f"head_index must be an integer tensor, got {head_index.dtype}")
+        if head_index.numel() and (
+            int(head_index.min()) < 0 or int(head_index.max()) >= self.config.n_heads
+        ):
+            raise ComponentError(
+                f"head_index has values outside 0..{self.config.n_heads - 1} "
+                f"(layer {layer} has {self.config.n_heads} heads)"
+            )
+        out = self._attend(layer, head_index[:, None], q_in, k_in, v_in)  # [b, 1, p, d_model]
+        return out[:, 0]  # [b, p, d_model]
+
+    def all_heads(
+        self,
+        layer: int,
+        q_in: Float[Tensor, "b p d"],
+        k_in: Float[Tensor, "b p d"],
+        v_in: Float[Tensor, "b p d"],
+    ) -> Float[Tensor, "b p h d"]:
+        """Every head of ``layer`` on the same port inputs: ``[b, p, n_heads, d_model]``.
+
+        Head ``h`` of the result equals ``heads(layer, full(h), q_in, k_in, v_in)``; the same
+        code computes both.
+        """
+        layer = self._layer(layer)
+        out = self._attend(layer, slice(None), q_in, k_in, v_in)  # [b, H, p, d_model]
+        return out.permute(0, 2, 1, 3)  # [b, p, H, d_model]
+
+    def attn_bias(self, layer: int) -> Float[Tensor, "d"]:
+        """``b_O`` of ``layer``: added once to the residual stream, not part of any head."""
+        return self.b_O[self._layer(layer)]  # [d_model]
+
+    def mlp(self, layer: int, x: Float[Tensor, "b p d"]) -> Float[Tensor, "b p d"]:
+        """Output of the MLP of ``layer`` given its input ``x`` (residual stream before ``ln2``).
+
+        Applies ``ln2``, ``W_in``, ``b_in``, the activation, ``W_out`` and ``b_out``; equals
+        TransformerLens's ``hook_mlp_out`` when its ``hook_mlp_in`` holds ``x``.
+        """
+        layer = self._layer(layer)
+        if self.config.attn_only or self.W_in is None:
+            raise ComponentError(
+                f"MLP({layer}) does not exist: the model is attention-only; claim heads or "
+                f"embeddings instead"
+            )
+        assert self.b_in is not None and self.W_out is not None and self.b_out is not None
+        ln = self.ln2_w is not None and self.ln2_b is not None
+        x_n = self._norm(x, self.ln2_w[layer] if ln else None, self.ln2_b[layer] if ln else None)
+        act = ACTIVATIONS[self.config.act_fn or "relu"]
+        pre = x_n @ self.W_in[layer] + self.b_in[layer]  # [b, p, d_mlp]
+        return act(pre) @ self.W_out[layer] + self.b_out[layer]  # [b, p, d_model]
+
+    def unembed(self, resid: Float[Tensor, "b p d"]) -> Float[Tensor, "b p v"]:
+        """Logits from the final residual stream: ``ln_final``, then ``W_U`` and ``b_U``."""
+        x = self._norm(resid, self.ln_final_w, self.ln_final_b)  # [b, p, d_model]
+        return x @ self.W_U + self.b_U  # [b, p, d_vocab_out]
+
+    # ----------------------------------------------------------------------------- full passes
+
+    def _run(self, tokens: Tensor, keep: bool) -> "CleanPass | Tensor":
+        c = self.config
+        embed = self.embed(tokens)  # [b, p, d_model]
+        n_rows, n_pos = tokens.shape
+        if c.positional == "standard":
+            pos = self.pos_embed(n_rows, n_pos)  # [b, p, d_model]
+        else:  # shortformer: positions enter the heads' q/k inputs, not the residual stream
+            self._check_positions(n_pos)
+            pos = torch.zeros_like(embed)  # [b, p, d_model]
+        resid = embed + pos  # [b, p, d_model]
+        resid_pre, resid_mid, head_out, mlp_out = [], [], [], []
+        for layer in range(c.n_layers):
+            heads = self.all_heads(layer, resid, resid, resid)  # [b, p, H, d_model]
+            if keep:
+                resid_pre.append(resid)
+                head_out.append(heads)
+            resid = resid + (heads.sum(2) + self.attn_bias(layer))  # [b, p, d_model]
+            if not c.attn_only:
+                out = self.mlp(layer, resid)  # [b, p, d_model]
+                if keep:
+                    resid_mid.append(resid)
+                    mlp_out.append(out)
+                resid = resid + out  # [b, p, d_model]
+        logits = self.unembed(resid)  # [b, p, d_vocab_out]
+        if not keep:
+            return logits
+        return CleanPass(
+            embed=embed,
+            pos=pos,
+            resid_pre=tuple(resid_pre),
+            resid_mid=None if c.attn_only else tuple(resid_mid),
+            head_out=tuple(head_out),
+            mlp_out=None if c.attn_only else tuple(mlp_out),
+            resid_final=resid,
+            logits=logits,
+        )
+
+    def clean_pass(self, tokens: Int[Tensor, "b p"]) -> CleanPass:
+        """One forward pass over ``tokens`` keeping every component output and port input."""
+        result = self._run(tokens, keep=True)
+        assert isinstance(result, CleanPass)
+        return result
+
+    def forward(self, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "b p v"]:
+        """Logits, assembled only from the component functions summed into the residual stream."""
+        result = self._run(tokens, keep=False)
+        assert isinstance(result, Tensor)
+        return result
+
+    __call__ = forward
