@@ -50,7 +50,7 @@ def make_engine(name: Optional[str], model, data: Dataset, **options):
 
 def baseline_of(h: Hypothesis) -> Hypothesis:
     """The default baseline: the output alone (all its inputs resampled)."""
-    base = Hypothesis("baseline (output alone)")
+    base = Hypothesis("output alone")
     base.output()
     return base
 

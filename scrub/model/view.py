@@ -373,8 +373,16 @@ class ModelView:
                 f"head_index has values outside 0..{self.config.n_heads - 1} "
                 f"(layer {layer} has {self.config.n_heads} heads)"
             )
-        out = self._attend(layer, head_index[:, None], q_in, k_in, v_in)  # [b, 1, p, d_model]
-        return out[:, 0]  # [b, p, d_model]
+        unique = torch.unique(head_index)
+        if len(unique) == 1:  # one head: its weights broadcast over every row
+            h = int(unique[0])
+            return self._attend(layer, slice(h, h + 1), q_in, k_in, v_in)[:, 0]  # [b, p, d_model]
+        # several heads: one call per head on the rows that use it
+        out = q_in.new_empty(q_in.shape)  # [b, p, d_model]
+        for h in unique.tolist():
+            rows = (head_index == h).nonzero().flatten()
+            out[rows] = self._attend(layer, slice(h, h + 1), q_in[rows], k_in[rows], v_in[rows])[:, 0]
+        return out
 
     def all_heads(
         self,
