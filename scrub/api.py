@@ -20,7 +20,7 @@ from scrub.metrics import Metric, loss_recovered, resolve
 from scrub.plan import FeatureCache, Schedule, plan
 from scrub.result import Result, RowValues, mean_se
 
-__all__ = ["evaluate", "baseline_of", "make_engine", "ENGINES", "run_schedules", "check_data_fits"]
+__all__ = ["evaluate", "evaluate_many", "seed_list", "baseline_of", "make_engine", "ENGINES", "run_schedules", "check_data_fits"]
 
 ENGINES: dict[str, Callable] = {}
 DEFAULT_ENGINE = "reference"
@@ -114,7 +114,7 @@ def evaluate(
         seeds: number of sampling seeds (``0..k-1``) or an explicit list.
         metric: ``"cross_entropy"`` (default), ``"accuracy"``, ``"kl"``, ``"logit_diff"``, a
             `scrub.metrics.Metric`, or a callable ``(logits, batch) -> [n]`` (lower is better).
-        engine: ``"batched"`` (default when available) or ``"reference"``.
+        engine: ``"batched"`` (default) or ``"reference"``.
         baseline: the hypothesis whose metric counts as 0% (default: the output alone).
         n: use the first ``n`` rows as reference rows (default: all).
         batch_size: reference rows per chunk (bounds memory).
@@ -126,31 +126,71 @@ def evaluate(
     Raises:
         ScrubError: any invalid hypothesis, dataset, metric or engine (before any forward pass).
     """
+    return evaluate_many(
+        [h], model, data, seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n,
+        batch_size=batch_size, ci_level=ci_level, n_boot=n_boot,
+    )[0]
+
+
+def seed_list(seeds: Union[int, Sequence[int]]) -> list[int]:
+    """``k`` -> ``[0..k-1]``; a sequence is taken as it is."""
+    found = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not found:
+        raise ScrubError(f"seeds must be a positive count or a non-empty list, got {seeds!r}")
+    return found
+
+
+def evaluate_many(
+    hypotheses: Sequence[Hypothesis],
+    model,
+    data: Dataset,
+    *,
+    seeds: Union[int, Sequence[int]] = 1,
+    metric: Union[None, str, Metric, Callable] = None,
+    engine: Union[None, str, object] = None,
+    baseline: Optional[Hypothesis] = None,
+    n: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    ci_level: float = 0.95,
+    n_boot: int = 1000,
+) -> list[Result]:
+    """`evaluate` for several hypotheses at once, sharing rows, seeds, the baseline and the engine.
+
+    Every hypothesis is scrubbed on the same reference rows with the same seeds (common random
+    numbers); with the batched engine all their schedules run in one call per seed, sharing one
+    clean pass, so dozens of variants cost little more than one.
+    """
+    if not hypotheses:
+        raise ScrubError("evaluate_many(): give at least one hypothesis")
     metric = resolve(metric)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ScrubError(f"evaluate(): seeds must be a positive count or a non-empty list, got {seeds!r}")
+    seeds_ = seed_list(seeds)
     check_data_fits(model, data)
-    base_h = baseline or baseline_of(h)
-    h.validate(model, n_pos=data.n_pos)
-    base_h.validate(model, n_pos=data.n_pos)
+    base_h = baseline or baseline_of(hypotheses[0])
+    for h in [*hypotheses, base_h]:
+        h.validate(model, n_pos=data.n_pos)
     reference = torch.arange(len(data) if n is None else min(int(n), len(data)), device=data.device)
     features = FeatureCache(data)
-    runner = make_engine(engine, model, data)
-    base_rows, scrub_rows = [], []
-    class_sizes: dict = {}
-    for seed in seed_list:
-        s_h = plan(h, data, seed, reference=reference, features=features)
-        s_b = plan(base_h, data, seed, reference=reference, features=features)
-        class_sizes = s_h.class_sizes
-        scrub_v, base_v = run_schedules(runner, [s_h, s_b], metric, batch_size)
-        scrub_rows.append(scrub_v)
-        base_rows.append(base_v)
+    runner = engine if hasattr(engine, "run") else make_engine(engine, model, data)
+    base_rows: list[Tensor] = []
+    scrub_rows: list[list[Tensor]] = [[] for _ in hypotheses]
+    class_sizes: list[dict] = [{} for _ in hypotheses]
+    for seed in seeds_:
+        schedules = [plan(h, data, seed, reference=reference, features=features) for h in hypotheses]
+        schedules.append(plan(base_h, data, seed, reference=reference, features=features))
+        values = run_schedules(runner, schedules, metric, batch_size)
+        base_rows.append(values[-1])
+        for i, (schedule, value) in enumerate(zip(schedules, values[:-1])):
+            scrub_rows[i].append(value)
+            class_sizes[i] = schedule.class_sizes
     model_rows = _model_values(runner, data, reference, metric, batch_size)
-    return build_result(
-        h.name, base_h.name, metric, data, runner.name, seed_list, reference,
-        model_rows, torch.stack(base_rows), torch.stack(scrub_rows), class_sizes, ci_level, n_boot,
-    )
+    base = torch.stack(base_rows)
+    return [
+        build_result(
+            h.name, base_h.name, metric, data, runner.name, seeds_, reference,
+            model_rows, base, torch.stack(scrub_rows[i]), class_sizes[i], ci_level, n_boot,
+        )
+        for i, h in enumerate(hypotheses)
+    ]
 
 
 def _model_values(engine, data: Dataset, reference: Tensor, metric: Metric, batch_size: Optional[int]) -> Tensor:

@@ -171,10 +171,12 @@ class FeatureCache:
             self._values[key] = feature.evaluate(self.dataset)
         return self._values[key]
 
-    def class_sizes(self) -> dict[str, tuple[int, float, int]]:
+    def class_sizes(self, used: Optional[Sequence[Feature]] = None) -> dict[str, tuple[int, float, int]]:
+        """(min, median, max) class size per evaluated feature (or per feature in ``used``)."""
+        keys = None if used is None else {id(f) for f in used}
         out = {}
-        for values in self._values.values():
-            if values.feature.exact:
+        for key, values in self._values.items():
+            if values.feature.exact or (keys is not None and key not in keys):
                 continue
             sizes = values.class_sizes().flatten().float()
             out[values.feature.name] = (int(sizes.min()), float(sizes.median()), int(sizes.max()))
@@ -220,9 +222,9 @@ def plan(
     generator = torch.Generator(device=data.device).manual_seed(int(seed))
     tree = hypothesis.tree()
     # evaluate every feature up front so shape errors surface before any draw
-    for node in tree.walk():
-        if node.edge is not None:
-            features(node.claim.feature)
+    used = [node.claim.feature for node in tree.walk() if node.edge is not None]
+    for feature in used:
+        features(feature)
     sampler = _Sampler(data, features, generator)
     root = sampler.node(tree, reference)
     return Schedule(
@@ -231,7 +233,7 @@ def plan(
         root=root,
         dataset=data,
         reference=reference,
-        class_sizes=features.class_sizes(),
+        class_sizes=features.class_sizes(used),
     )
 
 
