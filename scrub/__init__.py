@@ -22,6 +22,8 @@ from scrub.errors import (
 from scrub.hypothesis import Claim, Hypothesis
 from scrub.plan import Schedule, plan
 from scrub.result import Result
+from scrub.report.build import compare, generality, report
+from scrub.api import evaluate_many
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,10 @@ __all__ = [
     "PosEmbed",
     "Output",
     "evaluate",
+    "evaluate_many",
+    "report",
+    "compare",
+    "generality",
     "plan",
     "Schedule",
     "Result",

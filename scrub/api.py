@@ -153,6 +153,7 @@ def evaluate_many(
     batch_size: Optional[int] = None,
     ci_level: float = 0.95,
     n_boot: int = 1000,
+    progress: bool = False,
 ) -> list[Result]:
     """`evaluate` for several hypotheses at once, sharing rows, seeds, the baseline and the engine.
 
@@ -174,7 +175,7 @@ def evaluate_many(
     base_rows: list[Tensor] = []
     scrub_rows: list[list[Tensor]] = [[] for _ in hypotheses]
     class_sizes: list[dict] = [{} for _ in hypotheses]
-    for seed in seeds_:
+    for seed in _progress(seeds_, progress, f"scrubbing {len(hypotheses)} hypotheses"):
         schedules = [plan(h, data, seed, reference=reference, features=features) for h in hypotheses]
         schedules.append(plan(base_h, data, seed, reference=reference, features=features))
         values = run_schedules(runner, schedules, metric, batch_size)
@@ -191,6 +192,15 @@ def evaluate_many(
         )
         for i, h in enumerate(hypotheses)
     ]
+
+
+def _progress(items, enabled: bool, label: str):
+    """``items`` wrapped in a progress bar when ``enabled``."""
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=label, unit="seed")
 
 
 def _model_values(engine, data: Dataset, reference: Tensor, metric: Metric, batch_size: Optional[int]) -> Tensor:

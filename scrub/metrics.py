@@ -12,7 +12,7 @@ needed. It is never clipped.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import attrs
 import torch
@@ -30,8 +30,11 @@ __all__ = [
     "accuracy",
     "kl_to_model",
     "resolve",
+    "Estimate",
     "LossRecovered",
     "loss_recovered",
+    "lr_combination",
+    "mean_difference",
     "METRICS",
 ]
 
@@ -166,6 +169,23 @@ def resolve(metric: Union[None, str, Metric, Callable]) -> Metric:
 
 
 @attrs.frozen
+class Estimate:
+    """A number with its standard error and a bootstrap confidence interval."""
+
+    value: float
+    stderr: float
+    ci: tuple[float, float]
+
+    def excludes_zero(self) -> bool:
+        """Whether the confidence interval lies wholly on one side of zero."""
+        lo, hi = self.ci
+        return (lo > 0 and hi > 0) or (lo < 0 and hi < 0)
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "stderr": self.stderr, "ci": list(self.ci)}
+
+
+@attrs.frozen
 class LossRecovered:
     """Loss recovered with its uncertainty (see `loss_recovered`)."""
 
@@ -178,6 +198,70 @@ class LossRecovered:
 
 def _ratio(base: Tensor, scrub: Tensor, model: Tensor) -> Tensor:
     return (base - scrub) / (base - model)
+
+
+def _percentile_ci(draws: Tensor, level: float) -> tuple[float, float]:
+    draws = draws[torch.isfinite(draws)]
+    if len(draws) == 0:
+        return (float("nan"), float("nan"))
+    alpha = (1.0 - level) / 2
+    return (float(torch.quantile(draws, alpha)), float(torch.quantile(draws, 1 - alpha)))
+
+
+def _bootstrap(n: int, n_boot: int, seed: int, statistic: Callable[[Tensor], Tensor]) -> Tensor:
+    """``statistic(idx)`` for ``n_boot`` resamples ``idx [k, n]`` of the rows, in blocks of 100."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = []
+    for start in range(0, n_boot, 100):
+        idx = torch.randint(n, (min(100, n_boot - start), n), generator=generator)  # [k, n]
+        draws.append(statistic(idx))
+    return torch.cat(draws)
+
+
+def lr_combination(
+    model: Float[Tensor, "n"],
+    base: Float[Tensor, "seeds n"],
+    scrubs: Sequence[Tensor],
+    coefs: Sequence[float],
+    *,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Estimate:
+    """``sum_i coefs[i] * LR_i`` where ``LR_i = (M_base - M_scrub_i) / (M_base - M_model)``.
+
+    All terms share the baseline and model values (the same rows and seeds), so differences
+    of loss recovered (``coefs=[1, -1]``) and interactions (``[1, 1, -1, -1]``) are paired.
+    Each row's values are averaged over seeds first; the standard error is the delta-method
+    error over rows and the interval is the percentile bootstrap over rows.
+    """
+    if len(scrubs) != len(coefs) or not scrubs:
+        raise MetricError("lr_combination(): give one coefficient per scrubbed value set")
+    b, m = base.double().mean(0), model.double()  # [n]
+    c = torch.tensor([float(x) for x in coefs], dtype=torch.float64)
+    s = torch.stack([x.double().mean(0) for x in scrubs])  # [k, n]
+    total = float(c.sum())
+    combo = total * b - (c[:, None] * s).sum(0)  # [n] the numerator per row
+
+    def value_of(idx) -> Tensor:
+        return combo[idx].mean(-1) / (b[idx].mean(-1) - m[idx].mean(-1))
+
+    n = b.shape[0]
+    value = float(value_of(torch.arange(n)))
+    denom = b.mean() - m.mean()
+    influence = (combo - value * (b - m)) / denom  # [n]
+    stderr = float(influence.std() / math.sqrt(n)) if n > 1 else float("nan")
+    ci = _percentile_ci(_bootstrap(n, n_boot, seed, value_of), level)
+    return Estimate(value=value, stderr=stderr, ci=ci)
+
+
+def mean_difference(after: Tensor, before: Tensor, *, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Mean of the per-row difference ``after - before`` (seed-averaged), SE and bootstrap CI."""
+    diff = after.double().reshape(-1, after.shape[-1]).mean(0) - before.double().reshape(-1, before.shape[-1]).mean(0)
+    n = diff.shape[0]
+    stderr = float(diff.std() / math.sqrt(n)) if n > 1 else float("nan")
+    ci = _percentile_ci(_bootstrap(n, n_boot, seed, lambda idx: diff[idx].mean(-1)), level)
+    return Estimate(value=float(diff.mean()), stderr=stderr, ci=ci)
 
 
 def loss_recovered(
@@ -197,26 +281,10 @@ def loss_recovered(
     bootstrap over rows (paired: model, baseline and scrub share the resampled rows).
     ``stderr_seeds`` is the spread of the per-seed values (NaN with one seed).
     """
-    model, base, scrub = model.double(), base.double(), scrub.double()
-    b, s, m = base.mean(0), scrub.mean(0), model  # [n] seed-averaged per row
-    n = b.shape[0]
-    denom = b.mean() - m.mean()
-    value = float(_ratio(b.mean(), s.mean(), m.mean()))
-    influence = ((b - s) - value * (b - m)) / denom  # [n]
-    stderr = float(influence.std() / math.sqrt(n)) if n > 1 else float("nan")
-    per_seed = tuple(float(_ratio(base[j].mean(), scrub[j].mean(), m.mean())) for j in range(base.shape[0]))
+    estimate = lr_combination(model, base, [scrub], [1.0], level=level, n_boot=n_boot, seed=seed)
+    m = model.double().mean()
+    per_seed = tuple(float(_ratio(base[j].double().mean(), scrub[j].double().mean(), m)) for j in range(base.shape[0]))
     stderr_seeds = float(torch.tensor(per_seed).std() / math.sqrt(len(per_seed))) if len(per_seed) > 1 else float("nan")
-    generator = torch.Generator().manual_seed(seed)
-    draws = []
-    for start in range(0, n_boot, 100):
-        k = min(100, n_boot - start)
-        idx = torch.randint(n, (k, n), generator=generator)  # [k, n]
-        draws.append(_ratio(b[idx].mean(1), s[idx].mean(1), m[idx].mean(1)))
-    boot = torch.cat(draws)
-    boot = boot[torch.isfinite(boot)]
-    alpha = (1.0 - level) / 2
-    if len(boot) == 0:
-        ci = (float("nan"), float("nan"))
-    else:
-        ci = (float(torch.quantile(boot, alpha)), float(torch.quantile(boot, 1 - alpha)))
-    return LossRecovered(value=value, stderr=stderr, ci=ci, per_seed=per_seed, stderr_seeds=stderr_seeds)
+    return LossRecovered(
+        value=estimate.value, stderr=estimate.stderr, ci=estimate.ci, per_seed=per_seed, stderr_seeds=stderr_seeds
+    )

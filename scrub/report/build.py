@@ -1,0 +1,337 @@
+"""`scrub.report`, `scrub.compare` and `scrub.generality`: the analyses researchers act on.
+
+A report scrubs the hypothesis and its subgraph variants in one `evaluate_many` call (same rows,
+same seeds, one shared baseline and clean pass), then derives paired contributions, the serial-
+redundancy checks of DESIGN.md section 2, and the hypothesis on other datasets.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import torch
+
+from scrub.api import check_data_fits, evaluate_many, make_engine, seed_list
+from scrub.components import Output, stage
+from scrub.data import Dataset
+from scrub.errors import ReportError
+from scrub.hypothesis import Hypothesis
+from scrub.metrics import Estimate, Metric, lr_combination, mean_difference, resolve
+from scrub.model import ModelView
+from scrub.report import variants as V
+from scrub.report.ablation import ablated_logits
+from scrub.report.files import environment, model_fingerprint
+from scrub.report.results import (
+    Comparison,
+    Compensation,
+    JointRemoval,
+    PairedDifference,
+    Report,
+    SubgraphResult,
+)
+from scrub.report.terminal import pct
+from scrub.result import Result
+
+__all__ = ["report", "compare", "generality"]
+
+
+def _meta(model, data: Dataset, seeds: Sequence[int], metric: Metric, first: Result, **extra) -> dict:
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": environment(),
+        "model": {"name": getattr(model.cfg, "model_name", type(model).__name__), "fingerprint": model_fingerprint(model)},
+        "dataset": {"name": data.name, "rows": len(data), "positions": data.n_pos, "fingerprint": data.fingerprint()},
+        "seeds": list(seeds),
+        "reference_rows": first.n_rows,
+        "metric": metric.name,
+        "lower_is_better": metric.lower_is_better,
+        "engine": first.engine,
+        "baseline": first.baseline,
+        **extra,
+    }
+
+
+def _graph(h: Hypothesis, contributions: Mapping[str, Estimate], n_layers: int) -> dict:
+    nodes = [
+        {
+            "name": c.name,
+            "component": str(c.component),
+            "stage": stage(c.component, n_layers),
+            "feature": None if c.feature is None else str(c.feature),
+            "contribution": None if c.name not in contributions else contributions[c.name].value,
+        }
+        for c in h.claims
+    ]
+    edges = [
+        {"child": e.child.name, "parent": e.parent.name, "port": e.port,
+         "positions": None if e.positions is None else list(e.positions)}
+        for e in h.edges
+    ]
+    return {"nodes": nodes, "edges": edges}
+
+
+def _verdict(interaction: Estimate, min_effect: float) -> str:
+    """OR-like / AND-like only when the interval excludes zero and the effect is not negligible."""
+    if not interaction.excludes_zero() or abs(interaction.value) < min_effect:
+        return "additive"
+    return "OR-like (backup)" if interaction.value > 0 else "AND-like"
+
+
+def report(
+    h: Hypothesis,
+    model,
+    data: Dataset,
+    *,
+    seeds: Union[int, Sequence[int]] = 2,
+    metric: Union[None, str, Metric, Callable] = None,
+    engine: Optional[str] = None,
+    baseline: Optional[Hypothesis] = None,
+    n: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    leave_one_out: bool = True,
+    alone: bool = True,
+    paths: bool = True,
+    paths_limit: int = 64,
+    subgraphs: Optional[Mapping[str, Union[Sequence[str], Hypothesis]]] = None,
+    pairs: Union[str, Sequence[Sequence[str]], None] = "downstream",
+    max_pairs: int = 20,
+    min_effect: float = 0.02,
+    compensation: bool = True,
+    datasets: Optional[Mapping[str, Dataset]] = None,
+    ci_level: float = 0.95,
+    n_boot: int = 1000,
+    progress: bool = False,
+) -> Report:
+    """Loss recovered for ``h`` and its subgraphs, serial-redundancy checks, and generality.
+
+    Args:
+        h, model, data, seeds, metric, engine, baseline, n, batch_size: as in `scrub.evaluate`.
+        leave_one_out, alone, paths: which subgraph families to include.
+        subgraphs: user-named subgraphs: ``{label: [claim names]}`` (kept with their subtrees
+            and links to the output) or ``{label: Hypothesis}``.
+        pairs: ``"downstream"`` (pairs ``(a, b)`` with ``b`` later in the model than ``a``),
+            an explicit list of claim-name pairs, or ``None`` for no redundancy checks.
+        max_pairs: at most this many default pairs (the report says when it cut).
+        min_effect: the smallest interaction (in loss recovered) or rise of a direct effect (in
+            metric units) that is flagged; smaller ones count as additive even when significant.
+        compensation: also run the knock-out / direct-effect check for each pair.
+        datasets: other datasets, by name, for the generality table.
+        progress: show progress bars.
+
+    Raises:
+        ReportError: unknown claim names in ``subgraphs`` or ``pairs``; plus anything
+            `scrub.evaluate` raises.
+    """
+    metric = resolve(metric)
+    seeds_ = seed_list(seeds)
+    findings: list[str] = []
+    variants: list[V.Variant] = []
+    loo = V.leave_one_out(h)
+    if leave_one_out:
+        variants += loo
+    if alone:
+        variants += V.alone(h)
+    if paths:
+        variants += V.paths(h, limit=paths_limit)
+    if subgraphs:
+        variants += V.named(h, subgraphs)
+    pair_list: list[tuple[str, str]] = []
+    if pairs == "downstream":
+        pair_list, found = V.default_pairs(h, model.cfg.n_layers, max_pairs)
+        if found > len(pair_list):
+            findings.append(f"redundancy: checked the first {len(pair_list)} of {found} downstream pairs (max_pairs={max_pairs})")
+    elif pairs:
+        pair_list = V.pair_names(pairs, h)
+    loo_by_claim = {v.claims[0]: v for v in loo}
+    extra_loo = [loo_by_claim[c] for c in sorted({c for p in pair_list for c in p}) if not leave_one_out]
+    pair_variants = [V.without_pair(h, a, b) for a, b in pair_list]
+    hyps = [h] + [v.hypothesis for v in variants] + [v.hypothesis for v in extra_loo] + pair_variants
+    runner = make_engine(engine, model, data)
+    results = evaluate_many(
+        hyps, model, data, seeds=seeds_, metric=metric, engine=runner, baseline=baseline, n=n,
+        batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, progress=progress,
+    )
+    full = results[0]
+    by_hyp = {id(hyp): r for hyp, r in zip(hyps, results)}
+    rows = full.rows
+
+    def combo(rs: Sequence[Result], coefs: Sequence[float]) -> Estimate:
+        return lr_combination(rows.model, rows.base, [r.rows.scrub for r in rs], coefs, level=ci_level, n_boot=n_boot)
+
+    sub_results = []
+    for v in variants:
+        r = by_hyp[id(v.hypothesis)]
+        sub_results.append(SubgraphResult(v.kind, v.name, v.claims, r, combo([full, r], [1.0, -1.0])))
+    contributions = {s.claims[0]: s.contribution for s in sub_results if s.kind == "leave-one-out"}
+
+    joint = []
+    for (a, b), pv in zip(pair_list, pair_variants):
+        ra, rb, rab = (by_hyp[id(loo_by_claim[a].hypothesis)], by_hyp[id(loo_by_claim[b].hypothesis)], by_hyp[id(pv)])
+        interaction = combo([ra, rb, rab, full], [1.0, 1.0, -1.0, -1.0])
+        j = JointRemoval(a, b, combo([full, ra], [1, -1]), combo([full, rb], [1, -1]), combo([full, rab], [1, -1]),
+                         interaction, _verdict(interaction, min_effect))
+        joint.append(j)
+        if j.verdict.startswith("OR"):
+            findings.append(
+                f"{a} and {b} back each other up (OR-like): removing both costs {pct(j.drop_ab.value)} of loss "
+                f"recovered, more than the sum of removing each ({pct(j.drop_a.value)} + {pct(j.drop_b.value)}); "
+                f"a single-claim ablation underestimates how much each matters."
+            )
+        elif j.verdict == "AND-like":
+            findings.append(
+                f"{a} and {b} are AND-like: removing both costs less ({pct(j.drop_ab.value)}) than the sum of "
+                f"removing each ({pct(j.drop_a.value)} + {pct(j.drop_b.value)}); each needs the other."
+            )
+
+    comp = []
+    if compensation and pair_list:
+        claims = {c.name: c for c in h.claims}
+        comp = _compensation(
+            model, data, [(a, claims[a].component, b, claims[b].component) for a, b in pair_list],
+            full, seeds_, metric, batch_size, ci_level, n_boot, min_effect,
+        )
+        for c in comp:
+            if c.flagged:
+                findings.append(
+                    f"{c.b} backs up {c.a}: with {c.a} knocked out, the direct effect of {c.b} rises from "
+                    f"{c.direct_b.value:.3f} to {c.direct_b_after_knockout.value:.3f} ({metric.name}); "
+                    f"ablating {c.a} alone underestimates its importance because {c.b} compensates."
+                )
+
+    general = tuple(generality(h, model, datasets, seeds=seeds_, metric=metric, engine=engine, baseline=baseline,
+                               n=n, batch_size=batch_size, ci_level=ci_level, n_boot=n_boot).items()) if datasets else ()
+    findings += _generality_findings(full, general)
+    findings += list(full.warnings)
+    meta = _meta(model, data, seeds_, metric, full, ci_level=ci_level, n_boot=n_boot,
+                 datasets={name: r.dataset for name, r in general})
+    return Report(
+        hypothesis=h.name, full=full, subgraphs=tuple(sub_results), joint=tuple(joint), compensation=tuple(comp),
+        generality=general, findings=tuple(findings), meta=meta, graph=_graph(h, contributions, model.cfg.n_layers),
+    )
+
+
+def _generality_findings(full: Result, general: Sequence[tuple[str, Result]]) -> list[str]:
+    out = []
+    for name, r in general:
+        if r.ci[1] < full.ci[0]:
+            out.append(
+                f"specific: on {name!r} the hypothesis recovers {pct(r.loss_recovered)} "
+                f"(CI up to {pct(r.ci[1])}), below {pct(full.loss_recovered)} on {full.dataset!r}"
+            )
+    return out
+
+
+def _compensation(model, data: Dataset, pairs, full: Result, seeds: Sequence[int], metric: Metric,
+                  batch_size: Optional[int], ci_level: float, n_boot: int, min_effect: float) -> list[Compensation]:
+    """Knock ``a`` out and compare the direct effect of ``b`` with and without it, per pair."""
+    view = ModelView.from_hooked(model)
+    reference = full.rows.reference
+    tokens = data.tokens.to(view.device)
+    sign = 1.0 if metric.lower_is_better else -1.0
+    size = batch_size or 512
+    out = []
+    for a_name, a, b_name, b in pairs:
+        if a == b or isinstance(a, Output) or isinstance(b, Output):
+            continue
+        values = {key: [] for key in ("clean", "direct", "ko", "ko_direct")}
+        for seed in seeds:
+            generator = torch.Generator().manual_seed(10_000 + int(seed))
+            random_rows = torch.randint(len(data), (len(reference),), generator=generator)
+            parts = {key: [] for key in values}
+            for start in range(0, len(reference), size):
+                ref = reference[start : start + size]
+                batch = data.rows(ref)
+                toks, rand = tokens[ref.to(view.device)], tokens[random_rows[start : start + size].to(view.device)]
+                clean = view.forward(toks)
+                for key, kwargs in (("clean", {}), ("direct", {"direct": b}), ("ko", {"knock_out": a}),
+                                    ("ko_direct", {"knock_out": a, "direct": b})):
+                    logits = clean if key == "clean" else ablated_logits(view, toks, rand, **kwargs)
+                    parts[key].append(sign * metric(logits, batch, clean).cpu())
+            for key in values:
+                values[key].append(torch.cat(parts[key]))
+        v = {key: torch.stack(x) for key, x in values.items()}  # [seeds, n]
+        direct_b = mean_difference(v["direct"], v["clean"], level=ci_level, n_boot=n_boot)
+        after = mean_difference(v["ko_direct"], v["ko"], level=ci_level, n_boot=n_boot)
+        rise = mean_difference(v["ko_direct"] - v["ko"], v["direct"] - v["clean"], level=ci_level, n_boot=n_boot)
+        flagged = rise.excludes_zero() and rise.value >= min_effect
+        out.append(Compensation(a_name, b_name, direct_b, after, rise, flagged))
+    return out
+
+
+def generality(
+    h: Hypothesis,
+    model,
+    datasets: Mapping[str, Dataset],
+    **options,
+) -> dict[str, Result]:
+    """The same hypothesis on several named datasets (options as in `scrub.evaluate`)."""
+    if not datasets:
+        raise ReportError("generality(): give at least one dataset, as {name: Dataset}")
+    out = {}
+    for name, ds in datasets.items():
+        if not isinstance(ds, Dataset):
+            raise ReportError(f"generality(): datasets[{name!r}] is {type(ds).__name__}, not a scrub.Dataset")
+        check_data_fits(model, ds)
+        out[name] = evaluate_many([h], model, ds, **options)[0]
+    return out
+
+
+def compare(
+    hypotheses: Sequence[Hypothesis],
+    model,
+    data: Dataset,
+    *,
+    seeds: Union[int, Sequence[int]] = 2,
+    metric: Union[None, str, Metric, Callable] = None,
+    engine: Optional[str] = None,
+    baseline: Optional[Hypothesis] = None,
+    n: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    ci_level: float = 0.95,
+    n_boot: int = 1000,
+    progress: bool = False,
+) -> Comparison:
+    """Several hypotheses on the same reference rows and seeds (common random numbers), with the
+    paired difference of every pair; an order is stated only where its interval excludes zero.
+
+    Raises:
+        ReportError: fewer than two hypotheses, duplicate names, or (a bug) results that do not
+            share rows, seeds and baseline values.
+    """
+    if len(hypotheses) < 2:
+        raise ReportError(f"compare() needs at least two hypotheses, got {len(hypotheses)}")
+    names = [h.name for h in hypotheses]
+    if len(set(names)) != len(names):
+        raise ReportError(f"compare(): hypothesis names must be distinct to label the results, got {names}")
+    metric = resolve(metric)
+    results = evaluate_many(hypotheses, model, data, seeds=seeds, metric=metric, engine=engine, baseline=baseline,
+                            n=n, batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, progress=progress)
+    first = results[0]
+    for r in results[1:]:
+        same = (
+            r.seeds == first.seeds
+            and torch.equal(r.rows.reference, first.rows.reference)
+            and torch.equal(r.rows.base, first.rows.base)
+            and torch.equal(r.rows.model, first.rows.model)
+        )
+        if not same:
+            raise ReportError(
+                f"compare(): {r.hypothesis!r} was not scrubbed on the same rows, seeds and baseline as "
+                f"{first.hypothesis!r}; paired differences would be invalid (please report this bug)"
+            )
+    diffs = []
+    for i in range(len(results)):
+        for j in range(i + 1, len(results)):
+            a, b = results[i], results[j]
+            d = lr_combination(first.rows.model, first.rows.base, [a.rows.scrub, b.rows.scrub], [1.0, -1.0],
+                               level=ci_level, n_boot=n_boot)
+            if d.excludes_zero():
+                verdict = f"{a.hypothesis} > {b.hypothesis}" if d.value > 0 else f"{b.hypothesis} > {a.hypothesis}"
+            else:
+                verdict = "no significant difference"
+            diffs.append(PairedDifference(a.hypothesis, b.hypothesis, d, verdict))
+    meta = _meta(model, data, first.seeds, metric, first, ci_level=ci_level, n_boot=n_boot,
+                 common_random_numbers=True)
+    return Comparison(results=tuple(results), differences=tuple(diffs), meta=meta)
+
