@@ -210,8 +210,16 @@ class Hypothesis:
     def connect(self, child: Claim, into: Into, positions: Optional[Iterable[int]] = None) -> None:
         """Make an existing claim feed further ports or parents (it is treeified per path)."""
         self._check_member(child, "connect")
-        for parent, port in self._resolve_into(child.component, into):
-            self._add_edge(child, parent, port, self._resolve_positions(child.component, positions))
+        targets = self._resolve_into(child.component, into)
+        pos = self._resolve_positions(child.component, positions)
+        added = []
+        try:
+            for parent, port in targets:
+                added.append(self._add_edge(child, parent, port, pos))
+        except HypothesisError:  # all or nothing
+            for edge in added:
+                self._graph.remove_edge(edge.child, edge.parent, key=edge.port)
+            raise
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -327,7 +335,12 @@ class Hypothesis:
     # ---- treeification and variants -----------------------------------------------------------
 
     def tree(self) -> TreeSpec:
-        """The treeified hypothesis: one `TreeSpec` per path from a claim to the root."""
+        """The treeified hypothesis: one `TreeSpec` per path from a claim to the root.
+
+        Raises:
+            HypothesisError: the graph has a cycle (see `validate_structure`).
+        """
+        self.validate_structure()
 
         def build(claim: Claim, edge: Optional[Edge], path: tuple[str, ...]) -> TreeSpec:
             kids = tuple(
@@ -392,7 +405,11 @@ class Hypothesis:
                 show(child, indent + "    ")
 
         lines.append("output")
-        show(self.tree(), "  ")
+        try:
+            tree = self.tree()
+        except HypothesisError as exc:
+            return "\n".join(lines + [f"  (cannot draw the tree: {exc})"])
+        show(tree, "  ")
         return "\n".join(lines)
 
     # ---- internals ----------------------------------------------------------------------------
@@ -468,7 +485,7 @@ class Hypothesis:
             )
         return pos
 
-    def _add_edge(self, child: Claim, parent: Claim, port: str, positions) -> None:
+    def _add_edge(self, child: Claim, parent: Claim, port: str, positions) -> Edge:
         for edge in self.children(parent):
             if edge.port == port and edge.child.component == child.component:
                 raise HypothesisError(
@@ -481,3 +498,4 @@ class Hypothesis:
         edge = Edge(child=child, parent=parent, port=port, positions=positions, seq=self._next_edge)
         self._next_edge += 1
         self._graph.add_edge(child, parent, key=port, edge=edge)
+        return edge

@@ -179,7 +179,10 @@ class FeatureCache:
             if values.feature.exact or (keys is not None and key not in keys):
                 continue
             sizes = values.class_sizes().flatten().float()
-            out[values.feature.name] = (int(sizes.min()), float(sizes.median()), int(sizes.max()))
+            label, k = values.feature.name, 2
+            while label in out:  # two different features with one name stay apart
+                label, k = f"{values.feature.name}#{k}", k + 1
+            out[label] = (int(sizes.min()), float(sizes.median()), int(sizes.max()))
         return out
 
 
