@@ -155,12 +155,17 @@ class BatchedEngine:
                     f"run_many(): schedules must share their reference rows; {s.hypothesis!r} has "
                     f"{s.n_rows}, the first has {n}"
                 )
+        keys, rows = _cache_needs(schedules)
+        shared = None
+        if self._cache_bytes(len(keys), len(torch.unique(rows))) <= self.memory_budget_mb * 2**20 / 2:
+            shared = self._build_cache(keys, rows)  # one clean pass for every chunk
         size = self.chunk_size(schedules)
         outputs: list[list[Tensor]] = [[] for _ in schedules]
         for start in range(0, n, size):
-            rows = torch.arange(start, min(n, start + size), device=schedules[0].reference.device)
-            chunk = [s.select(rows) if (start > 0 or size < n) else s for s in schedules]
-            for i, logits in enumerate(self._run_chunk(chunk)):
+            index = torch.arange(start, min(n, start + size), device=schedules[0].reference.device)
+            chunk = [s.select(index) if size < n else s for s in schedules]
+            cache = shared if shared is not None else self._build_cache(*_cache_needs(chunk))
+            for i, logits in enumerate(self._run_chunk(chunk, cache)):
                 outputs[i].append(logits)
         return [torch.cat(parts) for parts in outputs]
 
@@ -172,35 +177,35 @@ class BatchedEngine:
         return torch.cat([self.view.forward(self.tokens[rows[i : i + size]]) for i in range(0, len(rows), size)])
 
     def chunk_size(self, schedules: Sequence[Schedule]) -> int:
-        """Reference rows per chunk so that one chunk stays within the memory budget."""
+        """Reference rows per chunk so that one chunk's node values stay within the memory budget."""
+        c = self.view.config
         nodes = sum(_count(s.root) for s in schedules)
-        # per reference row: each node keeps a value and up to ~4 cached quantities / inputs
-        per_row = max(1, nodes) * 6
-        return max(1, min(schedules[0].n_rows, self._rows_per_budget(per_row)))
+        # per reference row: every node keeps a value, and a batched call holds ~4 inputs/outputs
+        per_row = (nodes + 4 * max(1, nodes // 4)) * self.data.n_pos * c.d_model
+        per_row += len(schedules) * self.data.n_pos * c.d_vocab_out  # the logits
+        per_row *= self.view.dtype.itemsize
+        return max(1, min(schedules[0].n_rows, int(self.memory_budget_mb * 2**20 / 2 // per_row)))
 
     def _rows_per_budget(self, tensors_per_row: int) -> int:
         c = self.view.config
         bytes_per_tensor = self.data.n_pos * max(c.d_model, c.d_vocab_out) * self.view.dtype.itemsize
-        return int(self.memory_budget_mb * 2**20 // (bytes_per_tensor * tensors_per_row))
+        return max(1, int(self.memory_budget_mb * 2**20 // (bytes_per_tensor * tensors_per_row)))
+
+    def _cache_bytes(self, n_keys: int, n_rows: int) -> float:
+        return float(n_keys) * n_rows * self.data.n_pos * self.view.config.d_model * self.view.dtype.itemsize
+
+    def _build_cache(self, keys: set[Key], rows: Tensor) -> "_CleanCache":
+        # a clean pass holds every layer's activations for its rows: size sub-batches for that
+        c = self.view.config
+        per_row = (4 * c.n_layers + c.n_layers * c.n_heads + 4) * c.d_model + c.d_vocab_out
+        sub_batch = max(1, int(self.memory_budget_mb * 2**20 / 4 // (per_row * self.data.n_pos * self.view.dtype.itemsize)))
+        return _CleanCache(self.view, self.tokens, rows.to(self.view.device), keys, sub_batch)
 
     # ---- one chunk ----------------------------------------------------------------------------
 
-    def _run_chunk(self, schedules: Sequence[Schedule]) -> list[Tensor]:
+    def _run_chunk(self, schedules: Sequence[Schedule], cache: "_CleanCache") -> list[Tensor]:
         nodes = [node for s in schedules for node in _expanded(s.root)]
-        keys: set[Key] = set()
-        rows: list[Tensor] = []
-        for node in nodes:
-            if node.is_leaf:
-                keys.add(_output_key(node.component))
-                rows.append(node.datum.flatten())
-            elif node.copies is None:
-                keys.add(_port_key(node.component))
-                keys.update(_output_key(child.component) for child in node.children)
-                rows.append(node.other)
         device = self.view.device
-        all_rows = torch.cat(rows).to(device)
-        sub_batch = max(1, self._rows_per_budget(4 + len(keys)))
-        cache = _CleanCache(self.view, self.tokens, all_rows, keys, sub_batch)
 
         values: dict[int, Tensor] = {}
         # leaves first: read straight from the cache
@@ -258,6 +263,22 @@ class BatchedEngine:
                 diff = diff * mask[None, :, None]
             inputs[child.edge.port] = inputs[child.edge.port] + diff
         return inputs
+
+
+def _cache_needs(schedules: Sequence[Schedule]) -> tuple[set[Key], Tensor]:
+    """The clean-pass quantities the schedules read, and every dataset row they read them on."""
+    keys: set[Key] = set()
+    rows: list[Tensor] = []
+    for s in schedules:
+        for node in s.root.walk():
+            if node.is_leaf:
+                keys.add(_output_key(node.component))
+                rows.append(node.datum.flatten())
+            elif node.copies is None:
+                keys.add(_port_key(node.component))
+                keys.update(_output_key(child.component) for child in node.children)
+                rows.append(node.other)
+    return keys, torch.cat(rows)
 
 
 def _expanded(node: ScheduleNode):
