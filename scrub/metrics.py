@@ -29,6 +29,7 @@ __all__ = [
     "logit_diff",
     "accuracy",
     "kl_to_model",
+    "target_logit",
     "resolve",
     "Estimate",
     "LossRecovered",
@@ -137,7 +138,23 @@ def logit_diff(wrong: str = "wrong_target") -> Metric:
     return Metric("logit_diff", diff, lower_is_better=False)
 
 
+def target_logit() -> Metric:
+    """Minus the target's logit at the scored positions (lower is better).
+
+    Linear in the final residual stream, so it does not saturate: use it for the compensation
+    check when cross-entropy's saturation would make independent contributions look redundant.
+    """
+
+    def minus_logit(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
+        targets = batch.targets.to(logits.device).clamp(min=0)
+        right = logits.gather(-1, targets[..., None])[..., 0]  # [n, pos]
+        return _masked_mean(-right.float(), batch.loss_mask.to(logits.device))
+
+    return Metric("target_logit", minus_logit, lower_is_better=True)
+
+
 METRICS: dict[str, Callable[[], Metric]] = {
+    "target_logit": target_logit,
     "cross_entropy": cross_entropy,
     "ce": cross_entropy,
     "loss": cross_entropy,

@@ -98,6 +98,7 @@ def report(
     max_pairs: int = 20,
     min_effect: float = 0.02,
     compensation: bool = True,
+    compensation_metric: Union[None, str, Metric, Callable] = None,
     datasets: Optional[Mapping[str, Dataset]] = None,
     ci_level: float = 0.95,
     n_boot: int = 1000,
@@ -116,6 +117,9 @@ def report(
         min_effect: the smallest interaction (in loss recovered) or rise of a direct effect (in
             metric units) that is flagged; smaller ones count as additive even when significant.
         compensation: also run the knock-out / direct-effect check for each pair.
+        compensation_metric: the metric of that check (default: ``metric``). Cross-entropy
+            saturates, so two heads pushing the same logit look like backups even when neither
+            reacts to the other; ``"target_logit"`` (linear) separates real self-repair from that.
         datasets: other datasets, by name, for the generality table.
         progress: show progress bars.
 
@@ -189,14 +193,16 @@ def report(
         claims = {c.name: c for c in h.claims}
         comp = _compensation(
             model, data, [(a, claims[a].component, b, claims[b].component) for a, b in pair_list],
-            full, seeds_, metric, batch_size, ci_level, n_boot, min_effect,
+            full, seeds_, resolve(compensation_metric) if compensation_metric else metric,
+            batch_size, ci_level, n_boot, min_effect,
         )
         for c in comp:
             if c.flagged:
                 findings.append(
-                    f"{c.b} backs up {c.a}: with {c.a} knocked out, the direct effect of {c.b} rises from "
-                    f"{c.direct_b.value:.3f} to {c.direct_b_after_knockout.value:.3f} ({metric.name}); "
-                    f"ablating {c.a} alone underestimates its importance because {c.b} compensates."
+                    f"{c.b} backs up {c.a}: with {c.a}'s output resampled on every path, the direct effect "
+                    f"of {c.b} rises from {c.direct_b.value:.3f} to {c.direct_b_after_knockout.value:.3f} "
+                    f"({c.metric}); a single ablation of {c.a} in the model underestimates its importance "
+                    f"because {c.b} compensates."
                 )
 
     general = tuple(generality(h, model, datasets, seeds=seeds_, metric=metric, engine=engine, baseline=baseline,
@@ -255,7 +261,7 @@ def _compensation(model, data: Dataset, pairs, full: Result, seeds: Sequence[int
         after = mean_difference(v["ko_direct"], v["ko"], level=ci_level, n_boot=n_boot)
         rise = mean_difference(v["ko_direct"] - v["ko"], v["direct"] - v["clean"], level=ci_level, n_boot=n_boot)
         flagged = rise.excludes_zero() and rise.value >= min_effect
-        out.append(Compensation(a_name, b_name, direct_b, after, rise, flagged))
+        out.append(Compensation(a_name, b_name, direct_b, after, rise, flagged, metric.name))
     return out
 
 

@@ -83,10 +83,11 @@ class Compensation:
     direct_b_after_knockout: Estimate
     rise: Estimate
     flagged: bool
+    metric: str = "cross_entropy"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "a": self.a, "b": self.b, "flagged": self.flagged,
+            "a": self.a, "b": self.b, "flagged": self.flagged, "metric": self.metric,
             **{k: getattr(self, k).to_dict() for k in ("direct_b", "direct_b_after_knockout", "rise")},
         }
 
@@ -176,7 +177,7 @@ class Report:
             ]
             parts += ["", format_table(
                 ["knock out a -> b", "direct effect of b", "after knock-out", "rise", ""], rows,
-                f"Compensation: direct effect of b ({f.metric}, harm) with a knocked out",
+                f"Compensation: direct effect of b ({self.compensation[0].metric}, harm) with a knocked out",
             )]
         if self.generality:
             rows = [[name, pct(r.loss_recovered), pct(r.stderr, 2), f"[{pct(r.ci[0])}, {pct(r.ci[1])}]",
