@@ -24,6 +24,7 @@ from scrub.plan import Schedule, plan
 from scrub.result import Result
 from scrub.report.build import compare, generality, report
 from scrub.api import evaluate_many
+from scrub.model.loaders import from_hf, load_model
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,8 @@ __all__ = [
     "Output",
     "evaluate",
     "evaluate_many",
+    "load_model",
+    "from_hf",
     "report",
     "compare",
     "generality",

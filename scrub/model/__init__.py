@@ -17,4 +17,6 @@ __all__ = [
     "config_from_hooked",
     "SUPPORTED_ACT_FNS",
     "ACTIVATIONS",
+    "load_model",
+    "from_hf",
 ]
