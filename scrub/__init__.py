@@ -22,7 +22,7 @@ from scrub.errors import (
 from scrub.hypothesis import Claim, Hypothesis
 from scrub.plan import Schedule, plan
 from scrub.result import Result
-from scrub.report.build import compare, generality, report
+from scrub.reporting.build import compare, generality, report
 from scrub.api import evaluate_many
 from scrub.model.loaders import from_hf, load_model
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from scrub.api import evaluate
 from scrub.errors import ScrubError
 from scrub.hypfile import load_hypothesis_file
-from scrub.report.terminal import format_table, num, pct
+from scrub.reporting.terminal import format_table, num, pct
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "hypotheses" / "induction.py"
 

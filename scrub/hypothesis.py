@@ -40,7 +40,9 @@ class Claim:
     """One node of a hypothesis: ``component`` carries only ``feature`` on the paths it feeds.
 
     Claims are created by `Hypothesis.output` and `Hypothesis.claim`; ``index`` is the order of
-    creation (the order children are sampled in), ``name`` a label for reports.
+    creation (the order children are sampled in), ``name`` a label for reports. A claim without
+    children is a leaf (its whole upstream runs on its datum) unless ``scrub_inputs`` is set:
+    then every input of the component comes from its node's "other" datum.
     """
 
     index: int
@@ -48,6 +50,7 @@ class Claim:
     feature: Optional[Feature] = attrs.field(eq=False)
     name: str
     hypothesis: str = attrs.field(repr=False)
+    scrub_inputs: bool = attrs.field(default=False, repr=False)
 
     def __str__(self) -> str:
         return self.name
@@ -117,7 +120,7 @@ class TreeSpec:
 
     @property
     def is_leaf(self) -> bool:
-        return not self.children and not self.claim.is_output
+        return not self.children and not self.claim.is_output and not self.claim.scrub_inputs
 
     def walk(self) -> Iterator["TreeSpec"]:
         """This node and every node below it, depth first, children in claim order."""
@@ -169,6 +172,7 @@ class Hypothesis:
         into: Into,
         positions: Optional[Iterable[int]] = None,
         name: Optional[str] = None,
+        scrub_inputs: bool = False,
     ) -> Claim:
         """Claim that ``component`` carries only ``feature`` into ``into``.
 
@@ -181,6 +185,10 @@ class Hypothesis:
             positions: restrict the edges to these positions of the parent's input; elsewhere
                 the parent's "other" datum stands.
             name: a label (default: the component, made unique).
+            scrub_inputs: for a claim that gets no children: instead of a leaf (everything
+                upstream on its datum), every input of the component comes from the "other"
+                datum: "this component matters on this path, none of its inputs do". Reports set
+                it on a claim whose last child they remove.
 
         Raises:
             HypothesisError: bad component, feature, parent, port or positions (see message).
@@ -197,7 +205,7 @@ class Hypothesis:
             )
         targets = self._resolve_into(component, into)
         pos = self._resolve_positions(component, positions)
-        claim = self._add_claim(component, feature, name or self._unique_name(str(component)))
+        claim = self._add_claim(component, feature, name or self._unique_name(str(component)), bool(scrub_inputs))
         try:
             for parent, port in targets:
                 self._add_edge(claim, parent, port, pos)
@@ -379,7 +387,10 @@ class Hypothesis:
         reaching = nx.ancestors(graph, self.root.index)
         for claim in self._claims[1:]:
             if claim.index in reaching:
-                new_claim = new._add_claim(claim.component, claim.feature, claim.name)
+                # a claim that loses all its children keeps its meaning: its inputs are resampled,
+                # it does not turn into a leaf (which would claim everything upstream of it)
+                orphaned = bool(self.children(claim)) and graph.in_degree(claim.index) == 0
+                new_claim = new._add_claim(claim.component, claim.feature, claim.name, claim.scrub_inputs or orphaned)
                 mapping[claim.index] = new_claim
         for e in kept:
             if e.child.index in mapping and e.parent.index in mapping:
@@ -401,6 +412,7 @@ class Hypothesis:
                 e = child.edge
                 where = "" if e.positions is None else f" @pos{list(e.positions)}"
                 kind = "leaf" if child.is_leaf else f"{len(child.children)} children"
+                kind = "inputs resampled" if child.claim.scrub_inputs and not child.children else kind
                 lines.append(f"{indent}<-{e.port}{where}- {child.claim.name} [{child.claim.feature}] ({kind})")
                 show(child, indent + "    ")
 
@@ -414,10 +426,13 @@ class Hypothesis:
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _add_claim(self, component: Component, feature: Optional[Feature], name: str) -> Claim:
+    def _add_claim(self, component: Component, feature: Optional[Feature], name: str, scrub_inputs: bool = False) -> Claim:
         if any(c.name == name for c in self._claims):
             raise HypothesisError(f"{self.name}: a claim named {name!r} already exists; pick another name")
-        claim = Claim(index=len(self._claims), component=component, feature=feature, name=name, hypothesis=self.name)
+        claim = Claim(
+            index=len(self._claims), component=component, feature=feature, name=name,
+            hypothesis=self.name, scrub_inputs=scrub_inputs,
+        )
         self._claims.append(claim)
         self._graph.add_node(claim)
         return claim

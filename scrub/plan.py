@@ -56,6 +56,7 @@ class ScheduleNode:
     children: tuple["ScheduleNode", ...]
     copies: Optional[dict[int, "ScheduleNode"]]
     path: tuple[str, ...]
+    leaf: bool = False
 
     @property
     def component(self) -> Component:
@@ -67,7 +68,8 @@ class ScheduleNode:
 
     @property
     def is_leaf(self) -> bool:
-        return not self.is_root and not self.children and self.copies is None
+        """Whether the whole upstream of this node runs on its datum."""
+        return self.leaf
 
     @property
     def per_position(self) -> bool:
@@ -179,10 +181,11 @@ class FeatureCache:
             if values.feature.exact or (keys is not None and key not in keys):
                 continue
             sizes = values.class_sizes().flatten().float()
+            stats = (int(sizes.min()), float(sizes.median()), int(sizes.max()))
             label, k = values.feature.name, 2
-            while label in out:  # two different features with one name stay apart
+            while label in out and out[label] != stats:  # same name, different feature: keep apart
                 label, k = f"{values.feature.name}#{k}", k + 1
-            out[label] = (int(sizes.min()), float(sizes.median()), int(sizes.max()))
+            out[label] = stats
         return out
 
 
@@ -258,7 +261,7 @@ class _Sampler:
     def node(self, spec: TreeSpec, datum: Tensor) -> ScheduleNode:
         edge = spec.edge
         if spec.is_leaf:
-            return ScheduleNode(spec.claim, edge, datum, None, (), None, spec.path)
+            return ScheduleNode(spec.claim, edge, datum, None, (), None, spec.path, leaf=True)
         if datum.ndim == 2:
             # per-position treeification: one copy per position the parent reads
             positions = range(datum.shape[1]) if edge.positions is None else edge.positions

@@ -212,7 +212,8 @@ def single(n: int = 256, gain: float = GAIN) -> Known:
 
 def induction_and(n: int = 256, *, vocab: int = 20, n_ctx: int = 16, gain: float = GAIN) -> Known:
     """The two-layer induction circuit: A (previous-token head, layer 0) feeds the key of B
-    (induction head, layer 1). Both are needed (AND-like)."""
+    (induction head, layer 1), the token embedding its query and value. The pair checked is
+    (tokens, A): two claims on different paths into B, both needed (AND-like)."""
     model, lay = _blank_model(vocab, n_ctx)
     _prev_token_head(model, lay, 0, 0, range(n_ctx), "prev", 1.0)
     _dead_head(model, lay, 0, 1)
@@ -232,7 +233,7 @@ def induction_and(n: int = 256, *, vocab: int = 20, n_ctx: int = 16, gain: float
     h.claim(Embed(), EXACT, into=[(b, "q"), (b, "v")], name="tokens")
     h.claim(Head(0, 0), EXACT, into=(b, "k"), name="A")
     h.claim(Head(0, 1), EXACT, into=out, name="Z")
-    return Known(model, data, h, ("A", "B"), "AND-like")
+    return Known(model, data, h, ("tokens", "A"), "AND-like")
 
 
 def self_repair(n: int = 256, gain: float = GAIN) -> Known:

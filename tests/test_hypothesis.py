@@ -709,3 +709,21 @@ def test_plan_refuses_bad_reference_rows(data):
                       torch.zeros((2, 2), dtype=torch.long)):
         with pytest.raises(ScheduleError, match="reference rows must be a non-empty 1-D tensor"):
             plan(h, data, seed=0, reference=reference)
+
+
+def test_removing_the_last_child_resamples_the_parents_inputs_instead_of_making_a_leaf():
+    """A claim that loses all its children keeps its meaning (its inputs are not claimed); it
+    must not turn into a leaf, which would claim everything upstream of it."""
+    h = Hypothesis("h")
+    out = h.output()
+    a = h.claim(Head(1, 0), EXACT, into=out)
+    q = h.claim(Embed(), EXACT, into=(a, "q"))
+    variant = h.without(q)
+    (node,) = variant.tree().children
+    assert node.claim.scrub_inputs and not node.is_leaf
+    assert "inputs resampled" in str(variant)
+    (kept,) = h.tree().children
+    assert not kept.claim.scrub_inputs
+    leaf = Hypothesis("leaf")
+    leaf.claim(Head(1, 0), EXACT, into=leaf.output())
+    assert leaf.tree().children[0].is_leaf

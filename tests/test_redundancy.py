@@ -213,15 +213,20 @@ def test_induction_circuit_is_and_like(reports):
     rep = reports["and"]
     (j,) = rep.joint
     assert j.verdict == "AND-like"
-    assert j.interaction.ci[1] < -0.3
-    # Removing B (and so A, which only feeds B) is the baseline; removing A breaks B's matching.
-    assert j.drop_b.value == pytest.approx(1.0, abs=1e-6)
-    assert j.drop_ab.value == pytest.approx(1.0, abs=1e-6)
-    assert j.drop_a.value > 0.3
+    assert j.interaction.ci[1] < -0.03  # measured: -0.12 [-0.19, -0.05] (n=128, 2 seeds)
+    # B needs both its key (from A) and its query/value (the tokens): removing either breaks it,
+    # so removing both costs no more than removing the tokens.
+    assert j.drop_ab.value == pytest.approx(1.0, abs=0.05)
+    assert j.drop_a.value > 0.3 and j.drop_b.value > 0.3
     (c,) = rep.compensation
-    assert not c.flagged
-    assert c.rise.ci[1] < 0  # without A, B's direct effect falls: it needs A, it does not back it up
-    assert any("A and B are AND-like" in f for f in rep.findings)
+    assert not c.flagged  # A writes nothing the unembedding reads: no direct effect to rise
+    assert any("tokens and A are AND-like" in f for f in rep.findings)
+
+
+def test_a_pair_where_one_feeds_the_other_is_refused(known):
+    k = known["and"]
+    with pytest.raises(scrub.ReportError, match="one feeds the other"):
+        scrub.report(k.hypothesis, k.model, k.data, n=16, seeds=1, pairs=[("A", "B")], alone=False, paths=False)
 
 
 # ---- leave-one-out on known answers ---------------------------------------------------------

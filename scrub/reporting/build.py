@@ -19,10 +19,10 @@ from scrub.errors import ReportError
 from scrub.hypothesis import Hypothesis
 from scrub.metrics import Estimate, Metric, lr_combination, mean_difference, resolve
 from scrub.model import ModelView
-from scrub.report import variants as V
-from scrub.report.ablation import ablated_logits
-from scrub.report.files import environment, model_fingerprint
-from scrub.report.results import (
+from scrub.reporting import variants as V
+from scrub.reporting.ablation import ablated_logits
+from scrub.reporting.files import environment, model_fingerprint
+from scrub.reporting.results import (
     Comparison,
     Compensation,
     JointRemoval,
@@ -30,7 +30,7 @@ from scrub.report.results import (
     Report,
     SubgraphResult,
 )
-from scrub.report.terminal import pct
+from scrub.reporting.terminal import pct
 from scrub.result import Result
 
 __all__ = ["report", "compare", "generality"]

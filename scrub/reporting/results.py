@@ -12,7 +12,7 @@ from typing import Any, Optional
 import attrs
 
 from scrub.metrics import Estimate
-from scrub.report.terminal import format_table, num, pct
+from scrub.reporting.terminal import format_table, num, pct
 from scrub.result import Result
 
 __all__ = ["SubgraphResult", "JointRemoval", "Compensation", "Report", "PairedDifference", "Comparison"]
@@ -137,14 +137,14 @@ class Report:
 
     def to_json(self, path: str | Path) -> Path:
         """Write `to_dict` as JSON, atomically."""
-        from scrub.report.files import write_json
+        from scrub.reporting.files import write_json
 
         return write_json(path, self.to_dict())
 
     def to_html(self, path: str | Path) -> Path:
         """Write a self-contained HTML report (plots embedded), atomically."""
-        from scrub.report.files import write_text
-        from scrub.report.html import render_report
+        from scrub.reporting.files import write_text
+        from scrub.reporting.html import render_report
 
         return write_text(path, render_report(self.to_dict()))
 
@@ -218,13 +218,13 @@ class Comparison:
         }
 
     def to_json(self, path: str | Path) -> Path:
-        from scrub.report.files import write_json
+        from scrub.reporting.files import write_json
 
         return write_json(path, self.to_dict())
 
     def to_html(self, path: str | Path) -> Path:
-        from scrub.report.files import write_text
-        from scrub.report.html import render_comparison
+        from scrub.reporting.files import write_text
+        from scrub.reporting.html import render_comparison
 
         return write_text(path, render_comparison(self.to_dict()))
 

@@ -1,5 +1,5 @@
 """Reports built on `scrub.evaluate`: tables and renderers."""
 
-from scrub.report.terminal import format_table
+from scrub.reporting.terminal import format_table
 
 __all__ = ["format_table"]

@@ -140,9 +140,17 @@ def default_pairs(h: Hypothesis, n_layers: int, limit: int) -> tuple[list[tuple[
 
 def pair_names(pairs: Iterable[Sequence[str]], h: Hypothesis) -> list[tuple[str, str]]:
     """Check user-named pairs against the hypothesis."""
+    graph = h.graph
     out = []
     for pair in pairs:
         if len(pair) != 2 or pair[0] == pair[1]:
             raise ReportError(f"redundancy pair {pair!r}: give two different claim names")
-        out.append((_find(h, pair[0]).name, _find(h, pair[1]).name))
+        a, b = _find(h, pair[0]), _find(h, pair[1])
+        if a in nx.ancestors(graph, b) or b in nx.ancestors(graph, a):
+            raise ReportError(
+                f"redundancy pair ({a.name!r}, {b.name!r}): one feeds the other in the hypothesis, so "
+                f"removing the downstream claim removes both and joint removal says nothing; pick two "
+                f"claims on different paths"
+            )
+        out.append((a.name, b.name))
     return out

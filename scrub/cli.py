@@ -1,0 +1,278 @@
+"""The ``scrub`` command: run or compare the hypotheses of a hypothesis file.
+
+Usage::
+
+    scrub run FILE.py [--quick] [--json F] [--html F] [--seeds K] [--n N] [--device D]
+                      [--metric M] [--no-progress]
+    scrub compare FILE.py [--json F] [--html F] [--seeds K] [--n N] [--device D]
+                          [--metric M] [--no-progress]
+
+A hypothesis file is a Python file that defines ``model()`` (a TransformerLens model),
+``dataset()`` (a `scrub.Dataset`) or ``datasets()`` (a dict of them, by name), and
+``HYPOTHESES`` (a list of `scrub.Hypothesis`) or ``hypotheses()`` (a function returning one).
+
+``scrub run`` builds a full `scrub.report` for every hypothesis on the file's dataset (with
+generality over ``datasets()`` when the file defines it) and prints each report; ``--quick``
+only evaluates each hypothesis (`scrub.evaluate`) and prints one table. ``--json`` writes
+``{"kind": "scrub.run", "reports": [...]}`` and ``--html`` one self-contained page with every
+report. ``scrub compare`` compares all hypotheses of the file (`scrub.compare`: same rows,
+same seeds, paired differences). Progress bars go to stderr (``--no-progress`` turns them off).
+
+Exit codes:
+    0  success
+    1  an unexpected error: a bug, or an exception raised by the hypothesis file's own
+       functions when called (model(), dataset(), ...); the traceback is printed
+    2  a usage error or any ScrubError (missing or broken hypothesis file, invalid hypothesis,
+       bad option): one line ``scrub: error: ...`` on stderr, no traceback
+    130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+from scrub.errors import ScrubError
+
+__all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+METRICS = ("cross_entropy", "accuracy", "kl", "logit_diff")
+
+EPILOG = """exit codes:
+  0    success
+  1    unexpected error: a bug, or an exception raised by the file's own functions
+       (the traceback is printed)
+  2    usage error, or a ScrubError: bad hypothesis file, invalid hypothesis, bad option
+       (one line 'scrub: error: ...' on stderr, no traceback)
+  130  interrupted
+
+examples:
+  scrub run hypotheses/induction.py --html report.html
+  scrub run hypotheses/induction.py --quick --n 256 --seeds 1
+  scrub compare hypotheses/induction.py --json comparison.json
+"""
+
+
+class UsageError(ScrubError):
+    """A command-line option is invalid."""
+
+
+class InvalidHypothesis(ScrubError):
+    """A hypothesis of the file does not fit the model or the dataset."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2 (argparse prints usage + error)
+        raise UsageError(f"{message} (see 'scrub --help')")
+
+
+def _positive():
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="scrub", description="Causal scrubbing of the hypotheses in a hypothesis file.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="{run,compare}", parser_class=_Parser)
+    common = _Parser(add_help=False)
+    common.add_argument("file", help="hypothesis file (defines model(), dataset()/datasets(), hypotheses())")
+    common.add_argument("--json", metavar="F", help="write the results as JSON to F (atomically)")
+    common.add_argument("--html", metavar="F", help="write a self-contained HTML report to F (atomically)")
+    common.add_argument("--seeds", metavar="K", type=_positive(), default=2, help="sampling seeds (default 2)")
+    common.add_argument("--n", metavar="N", type=_positive(), default=None,
+                        help="use the first N rows as reference rows (default: all)")
+    common.add_argument("--device", metavar="D", default=None, help="move the model to D (cpu, cuda, cuda:1, ...)")
+    common.add_argument("--metric", metavar="M", choices=METRICS, default="cross_entropy",
+                        help=f"metric: {', '.join(METRICS)} (default cross_entropy)")
+    common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    run = sub.add_parser("run", parents=[common], help="report every hypothesis of FILE", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Report (subgraphs, serial redundancy, generality) every hypothesis of FILE.")
+    run.add_argument("--quick", action="store_true", help="only evaluate each hypothesis (one table, no subgraphs)")
+    sub.add_parser("compare", parents=[common], help="compare the hypotheses of FILE", epilog=EPILOG,
+                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                   description="Compare every hypothesis of FILE on the same rows and seeds (paired differences).")
+    return parser
+
+
+def _out_path(option: str, value: Optional[str]) -> Optional[Path]:
+    """Refuse an output path that cannot be a file before any long computation."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"{option} {value!r} is a directory; give a file name")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"{option} {value!r}: {parent} is not a directory")
+    return path
+
+
+def _load(args):
+    """The file, its model (moved to ``--device``), its main dataset and its (validated) hypotheses."""
+    from scrub.hypfile import load_hypothesis_file
+
+    spec = load_hypothesis_file(args.file)
+    model = spec.model()
+    if args.device is not None:
+        try:
+            try:  # TransformerLens prints "Moving model to device" unless told not to
+                moved = model.to(args.device, print_details=False)
+            except TypeError:
+                moved = model.to(args.device)
+            model = moved if moved is not None else model
+        except (RuntimeError, AssertionError) as exc:
+            raise UsageError(f"--device {str(args.device)!r}: cannot move the model there: {exc}") from None
+    data = spec.dataset()
+    hyps = spec.hypotheses()
+    for h in hyps:  # every hypothesis checked before the first forward pass
+        try:
+            h.validate(model, n_pos=data.n_pos)
+        except ScrubError as exc:
+            raise InvalidHypothesis(f"{spec.path}: hypothesis {h.name!r}: {exc}") from exc
+    return spec, model, data, hyps
+
+
+def _device(value: Optional[str]):
+    """``--device`` checked before anything is loaded."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {value!r} is not a device; write e.g. cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {value!r}: CUDA is not available on this machine")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError(f"--device {value!r}: MPS is not available on this machine")
+    return device
+
+
+def _announce(spec, model, data, hyps) -> None:
+    count = f"{len(hyps)} hypothes{'is' if len(hyps) == 1 else 'es'}"
+    print(f"{spec.path}: {count}; model {_model_name(model)}; dataset {data!r}", flush=True)
+
+
+def _model_name(model) -> str:
+    return getattr(getattr(model, "cfg", None), "model_name", type(model).__name__)
+
+
+def _run_quick(args, model, data, hyps) -> None:
+    from scrub.api import evaluate_many
+    from scrub.reporting.build import _meta
+    from scrub.reporting.files import write_json, write_text
+    from scrub.reporting.html import render_run
+    from scrub.reporting.terminal import format_table, num, pct
+
+    # the same numbers as `scrub.evaluate` per hypothesis (same rows, seeds and baseline), sharing one engine
+    results = evaluate_many(hyps, model, data, seeds=args.seeds, n=args.n, metric=args.metric, progress=args.progress)
+    first = results[0]
+    rows = [[r.hypothesis, pct(r.loss_recovered), pct(r.stderr, 2), f"[{pct(r.ci[0])}, {pct(r.ci[1])}]", num(r.m_scrub)]
+            for r in results]
+    print(format_table(
+        ["hypothesis", "loss recovered", "SE", f"{int(round(100 * first.ci_level))}% CI", first.metric], rows,
+        title=(f"{first.n_rows} reference rows of {first.dataset!r}, seeds {list(first.seeds)}; {first.metric}: "
+               f"model {num(first.m_model)}, baseline ({first.baseline}) {num(first.m_base)}"),
+    ))
+    for r in results:
+        for w in r.warnings:
+            print(f"  warning ({r.hypothesis}): {w}")
+    meta = _meta(model, data, first.seeds, _metric(args.metric), first, ci_level=first.ci_level, quick=True)
+    data_out = {"kind": "scrub.run", "quick": True, "file": str(args.file), "results": [r.to_dict() for r in results],
+                "meta": meta}
+    if args.json:
+        write_json(args.json, data_out)
+    if args.html:
+        side = {"kind": "scrub.comparison", "results": data_out["results"], "differences": [], "meta": meta,
+                "title": "Hypotheses side by side (same rows and seeds)"}
+        write_text(args.html, render_run([], side, title=f"scrub run --quick: {Path(args.file).name}"))
+
+
+def _metric(name: str):
+    from scrub.metrics import resolve
+
+    return resolve(name)
+
+
+def _run(args) -> None:
+    import scrub
+    from scrub.reporting.files import write_json, write_text
+    from scrub.reporting.html import render_run
+
+    spec, model, data, hyps = _load(args)
+    _announce(spec, model, data, hyps)
+    if args.quick:
+        return _run_quick(args, model, data, hyps)
+    others = spec.datasets() if callable(getattr(spec.module, "datasets", None)) else None
+    reports = []
+    for i, h in enumerate(hyps):
+        start = time.perf_counter()
+        rep = scrub.report(h, model, data, seeds=args.seeds, n=args.n, metric=args.metric, datasets=others,
+                           progress=args.progress)
+        reports.append(rep.to_dict())
+        print(f"\n[{i + 1}/{len(hyps)}] ({time.perf_counter() - start:.1f} s)")
+        print(rep, flush=True)
+    if args.json:
+        write_json(args.json, {"kind": "scrub.run", "file": str(args.file), "reports": reports})
+    if args.html:
+        write_text(args.html, render_run(reports, None, title=f"scrub run: {Path(args.file).name}"))
+
+
+def _compare(args) -> None:
+    import scrub
+
+    spec, model, data, hyps = _load(args)
+    _announce(spec, model, data, hyps)
+    cmp = scrub.compare(hyps, model, data, seeds=args.seeds, n=args.n, metric=args.metric, progress=args.progress)
+    print(cmp)
+    if args.json:
+        cmp.to_json(args.json)
+    if args.html:
+        cmp.to_html(args.html)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``scrub`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(None if argv is None else list(argv))
+        except SystemExit as exc:  # --help / --version
+            return int(exc.code or 0)
+        if args.command is None:
+            raise UsageError("give a command: run or compare (see 'scrub --help')")
+        args.json = _out_path("--json", args.json)
+        args.html = _out_path("--html", args.html)
+        args.device = _device(args.device)
+        (_run if args.command == "run" else _compare)(args)
+    except ScrubError as exc:
+        print(f"scrub: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("scrub: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001 - anything else is a bug or an error in the user's code
+        traceback.print_exc()
+        return EXIT_ERROR
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
