@@ -45,6 +45,12 @@ def make_engine(name: Optional[str], model, data: Dataset, **options):
     name = name or DEFAULT_ENGINE
     if name not in ENGINES:
         raise ScrubError(f"unknown engine {name!r}; choose one of {sorted(ENGINES)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    if name == "reference" and options:
+        raise ScrubError(
+            f"options {sorted(options)} apply to the batched engine; the reference engine runs one tree "
+            f"node at a time (bound its memory with batch_size instead)"
+        )
     return ENGINES[name](model, data, **options)
 
 
@@ -104,6 +110,7 @@ def evaluate(
     batch_size: Optional[int] = None,
     ci_level: float = 0.95,
     n_boot: int = 1000,
+    memory_budget_mb: Optional[float] = None,
 ) -> Result:
     """Scrub ``h`` on ``model`` over ``data`` and report the loss it recovers.
 
@@ -119,6 +126,7 @@ def evaluate(
         n: use the first ``n`` rows as reference rows (default: all).
         batch_size: reference rows per chunk (bounds memory).
         ci_level, n_boot: the bootstrap confidence interval.
+        memory_budget_mb: the batched engine's working-memory budget (default 4096).
 
     Returns:
         A `Result` with loss recovered, its SE and CI, and M_model / M_base / M_scrub.
@@ -128,7 +136,7 @@ def evaluate(
     """
     return evaluate_many(
         [h], model, data, seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n,
-        batch_size=batch_size, ci_level=ci_level, n_boot=n_boot,
+        batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb,
     )[0]
 
 
@@ -154,6 +162,7 @@ def evaluate_many(
     ci_level: float = 0.95,
     n_boot: int = 1000,
     progress: bool = False,
+    memory_budget_mb: Optional[float] = None,
 ) -> list[Result]:
     """`evaluate` for several hypotheses at once, sharing rows, seeds, the baseline and the engine.
 
@@ -171,7 +180,7 @@ def evaluate_many(
         h.validate(model, n_pos=data.n_pos)
     reference = torch.arange(len(data) if n is None else min(int(n), len(data)), device=data.device)
     features = FeatureCache(data)
-    runner = engine if hasattr(engine, "run") else make_engine(engine, model, data)
+    runner = engine if hasattr(engine, "run") else make_engine(engine, model, data, memory_budget_mb=memory_budget_mb)
     base_rows: list[Tensor] = []
     scrub_rows: list[list[Tensor]] = [[] for _ in hypotheses]
     class_sizes: list[dict] = [{} for _ in hypotheses]
@@ -227,6 +236,7 @@ def build_result(
     class_sizes: dict,
     ci_level: float = 0.95,
     n_boot: int = 1000,
+    memory_budget_mb: Optional[float] = None,
 ) -> Result:
     """Assemble a `Result` from per-row values (shared by evaluate, compare and reports)."""
     lr = loss_recovered(model_rows, base_rows, scrub_rows, level=ci_level, n_boot=n_boot)

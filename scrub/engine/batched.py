@@ -82,18 +82,31 @@ def _stage(component: Component, n_layers: int) -> int:
     return component.stage
 
 
+_COMPUTED = {("embed",), ("pos",)}  # read from the weights directly, never cached
+
+
 class _CleanCache:
-    """Clean-pass quantities for the rows a chunk of schedules reads, only the keys it needs."""
+    """Clean-pass quantities for the rows some schedules read, only the keys they need.
+
+    Embeddings are not stored: they are read from the weights for the rows asked for. The
+    tables are preallocated and filled sub-batch by sub-batch, so building the cache never holds
+    more than the tables plus one sub-batch's clean pass.
+    """
 
     def __init__(self, view: ModelView, tokens: Tensor, rows: Tensor, keys: set[Key], sub_batch: int) -> None:
+        self.view, self.tokens = view, tokens
         self.rows = torch.unique(rows)  # [u] sorted dataset rows
-        self.values: dict[Key, Tensor] = {}
-        parts: dict[Key, list[Tensor]] = defaultdict(list)
+        stored = sorted(keys - _COMPUTED)
+        n_pos, d = tokens.shape[1], view.config.d_model
+        self.values: dict[Key, Tensor] = {
+            key: torch.empty(len(self.rows), n_pos, d, dtype=view.dtype, device=view.device) for key in stored
+        }
+        if not stored:
+            return
         for start in range(0, len(self.rows), sub_batch):
             clean = view.clean_pass(tokens[self.rows[start : start + sub_batch]])
-            for key in keys:
-                parts[key].append(_read(clean, key).clone())
-        self.values = {key: torch.cat(chunks) for key, chunks in parts.items()}
+            for key in stored:
+                self.values[key][start : start + sub_batch] = _read(clean, key)
 
     def index(self, rows: Tensor) -> Tensor:
         """Positions of dataset ``rows`` in the cache."""
@@ -101,11 +114,18 @@ class _CleanCache:
 
     def get(self, key: Key, rows: Tensor) -> Float[Tensor, "n p d"]:
         """``key`` on ``rows``: ``[n]`` rows give ``[n, p, d]``; ``[n, p]`` rows take position t from row[:, t]."""
+        n_pos = self.tokens.shape[1]
+        if key in _COMPUTED:
+            if key == ("pos",):  # the same in every row; shortformer positions are not in the residual
+                if self.view.config.positional == "standard":
+                    return self.view.pos_embed(rows.shape[0], n_pos)
+                return torch.zeros(rows.shape[0], n_pos, self.view.config.d_model, dtype=self.view.dtype, device=self.view.device)
+            toks = self.tokens[rows] if rows.ndim == 1 else self.tokens[rows, torch.arange(n_pos, device=rows.device)]
+            return self.view.embed(toks)  # [n, p, d]
         table = self.values[key]  # [u, p, d]
         idx = self.index(rows)
         if rows.ndim == 1:
             return table[idx]
-        n_pos = rows.shape[1]
         return table[idx, torch.arange(n_pos, device=idx.device)]  # [n, p, d]
 
 
@@ -115,13 +135,15 @@ class BatchedEngine:
     Args:
         model: a TransformerLens ``HookedTransformer`` (read into a `ModelView`) or a ModelView.
         data: the dataset every schedule indexes into.
-        memory_budget_mb: a rough bound on the memory one chunk of reference rows may use.
+        memory_budget_mb: a rough bound on the engine's working memory: up to 60% holds the clean
+            cache (built once for all chunks when it fits, else once per chunk), 30% the node
+            values of one chunk of reference rows, 10% one sub-batch of the clean pass.
         device: where to compute (default: the model's device); dtype follows the model.
     """
 
     name = "batched"
 
-    def __init__(self, model, data: Dataset, *, memory_budget_mb: float = 1024, device=None) -> None:
+    def __init__(self, model, data: Dataset, *, memory_budget_mb: float = 4096, device=None) -> None:
         view = model if isinstance(model, ModelView) else ModelView.from_hooked(model)
         if device is not None:
             view = view.to(device)
@@ -157,7 +179,7 @@ class BatchedEngine:
                 )
         keys, rows = _cache_needs(schedules)
         shared = None
-        if self._cache_bytes(len(keys), len(torch.unique(rows))) <= self.memory_budget_mb * 2**20 / 2:
+        if self._cache_bytes(len(keys - _COMPUTED), len(torch.unique(rows))) <= self.memory_budget_mb * 2**20 * 0.6:
             shared = self._build_cache(keys, rows)  # one clean pass for every chunk
         size = self.chunk_size(schedules)
         outputs: list[list[Tensor]] = [[] for _ in schedules]
@@ -172,7 +194,7 @@ class BatchedEngine:
     @torch.no_grad()
     def clean_logits(self, rows: Int[Tensor, "n"]) -> Float[Tensor, "n pos vocab"]:
         """Logits of the unscrubbed model on ``rows``."""
-        size = max(1, self._rows_per_budget(3))
+        size = self._clean_sub_batch()
         rows = rows.to(self.view.device)
         return torch.cat([self.view.forward(self.tokens[rows[i : i + size]]) for i in range(0, len(rows), size)])
 
@@ -184,22 +206,22 @@ class BatchedEngine:
         per_row = (nodes + 4 * max(1, nodes // 4)) * self.data.n_pos * c.d_model
         per_row += len(schedules) * self.data.n_pos * c.d_vocab_out  # the logits
         per_row *= self.view.dtype.itemsize
-        return max(1, min(schedules[0].n_rows, int(self.memory_budget_mb * 2**20 / 2 // per_row)))
-
-    def _rows_per_budget(self, tensors_per_row: int) -> int:
-        c = self.view.config
-        bytes_per_tensor = self.data.n_pos * max(c.d_model, c.d_vocab_out) * self.view.dtype.itemsize
-        return max(1, int(self.memory_budget_mb * 2**20 // (bytes_per_tensor * tensors_per_row)))
+        return max(1, min(schedules[0].n_rows, int(self.memory_budget_mb * 2**20 * 0.3 // per_row)))
 
     def _cache_bytes(self, n_keys: int, n_rows: int) -> float:
         return float(n_keys) * n_rows * self.data.n_pos * self.view.config.d_model * self.view.dtype.itemsize
 
-    def _build_cache(self, keys: set[Key], rows: Tensor) -> "_CleanCache":
-        # a clean pass holds every layer's activations for its rows: size sub-batches for that
+    def _clean_sub_batch(self) -> int:
+        """Rows per clean forward pass: it holds every layer's activations (and the per-head
+        attention intermediates) for its rows, within 10% of the budget."""
         c = self.view.config
-        per_row = (4 * c.n_layers + c.n_layers * c.n_heads + 4) * c.d_model + c.d_vocab_out
-        sub_batch = max(1, int(self.memory_budget_mb * 2**20 / 4 // (per_row * self.data.n_pos * self.view.dtype.itemsize)))
-        return _CleanCache(self.view, self.tokens, rows.to(self.view.device), keys, sub_batch)
+        per_pos = (4 * c.n_layers + 2 * c.n_layers * c.n_heads + 4) * c.d_model + c.d_vocab_out
+        per_pos += c.n_heads * (self.data.n_pos + 3 * c.d_head)  # attention scores and q, k, v
+        per_row = per_pos * self.data.n_pos * self.view.dtype.itemsize
+        return max(1, int(self.memory_budget_mb * 2**20 * 0.1 // per_row))
+
+    def _build_cache(self, keys: set[Key], rows: Tensor) -> "_CleanCache":
+        return _CleanCache(self.view, self.tokens, rows.to(self.view.device), keys, self._clean_sub_batch())
 
     # ---- one chunk ----------------------------------------------------------------------------
 

@@ -103,6 +103,7 @@ def report(
     ci_level: float = 0.95,
     n_boot: int = 1000,
     progress: bool = False,
+    memory_budget_mb: Optional[float] = None,
 ) -> Report:
     """Loss recovered for ``h`` and its subgraphs, serial-redundancy checks, and generality.
 
@@ -122,6 +123,7 @@ def report(
             reacts to the other; ``"target_logit"`` (linear) separates real self-repair from that.
         datasets: other datasets, by name, for the generality table.
         progress: show progress bars.
+        memory_budget_mb: the batched engine's working-memory budget (default 4096).
 
     Raises:
         ReportError: unknown claim names in ``subgraphs`` or ``pairs``; plus anything
@@ -151,7 +153,7 @@ def report(
     extra_loo = [loo_by_claim[c] for c in sorted({c for p in pair_list for c in p}) if not leave_one_out]
     pair_variants = [V.without_pair(h, a, b) for a, b in pair_list]
     hyps = [h] + [v.hypothesis for v in variants] + [v.hypothesis for v in extra_loo] + pair_variants
-    runner = make_engine(engine, model, data)
+    runner = make_engine(engine, model, data, memory_budget_mb=memory_budget_mb)
     results = evaluate_many(
         hyps, model, data, seeds=seeds_, metric=metric, engine=runner, baseline=baseline, n=n,
         batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, progress=progress,
@@ -297,6 +299,7 @@ def compare(
     ci_level: float = 0.95,
     n_boot: int = 1000,
     progress: bool = False,
+    memory_budget_mb: Optional[float] = None,
 ) -> Comparison:
     """Several hypotheses on the same reference rows and seeds (common random numbers), with the
     paired difference of every pair; an order is stated only where its interval excludes zero.
@@ -312,7 +315,8 @@ def compare(
         raise ReportError(f"compare(): hypothesis names must be distinct to label the results, got {names}")
     metric = resolve(metric)
     results = evaluate_many(hypotheses, model, data, seeds=seeds, metric=metric, engine=engine, baseline=baseline,
-                            n=n, batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, progress=progress)
+                            n=n, batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, progress=progress,
+                            memory_budget_mb=memory_budget_mb)
     first = results[0]
     for r in results[1:]:
         same = (

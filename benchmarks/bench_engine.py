@@ -1,0 +1,182 @@
+"""Speed of the batched engine against the reference engine and against a clean forward pass.
+
+(a) One scrub of the 20-claim hypothesis (benchmarks/common.py) on ``--ref-rows`` reference
+    rows (default 16, drawn from a pool of ``--rows``): reference-engine time / batched-engine
+    time.                                                               goal: >= 10x
+    (The reference engine runs two forward passes per node with inputs, one per per-row leaf and
+    one per position of each per-position leaf: 218 passes for this hypothesis, so it is timed
+    once, on few rows.)
+(b) The 20-variant leave-one-out family (``h.without(claim)`` for each claim) on ``--rows``
+    reference rows (default 256), all through ONE ``BatchedEngine.run_many`` call: family time /
+    one clean forward of the same rows (``ModelView.forward``; the HookedTransformer forward is
+    printed too).                                                       goal: <= 3x
+
+Both figures are ratios measured within one run (the machine is shared and noisy). Each timing
+is the median of ``--repeats`` runs after one warm-up (the reference engine: ``--ref-repeats``
+runs, no warm-up). Planning (sampling the schedules) is not timed in the ratios; its time is
+printed separately. The batched logits are checked against the reference engine's.
+
+    .venv/bin/python benchmarks/bench_engine.py [--rows 256] [--d-model 96] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import common  # noqa: F401  (sets sys.path)
+import torch
+
+import scrub
+from scrub.engine.batched import BatchedEngine
+from scrub.engine.reference import ReferenceEngine
+from scrub.model import ModelView
+from scrub.plan import FeatureCache
+
+GOAL_SPEEDUP = 10.0
+GOAL_FAMILY = 3.0
+
+
+def main() -> None:
+    parser = common.add_model_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--rows", type=int, default=256, help="dataset rows: the pool, and the reference rows of (b)")
+    parser.add_argument(
+        "--ref-rows",
+        type=int,
+        default=16,
+        help="reference rows of (a) (the first rows of the dataset); the reference engine runs ~250 "
+        "forward passes for the 20-claim hypothesis (32 per per-position leaf), so keep it small",
+    )
+    parser.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the reference engine")
+    parser.add_argument("--claims", type=int, default=20, help="claims of the hypothesis (1..40)")
+    parser.add_argument("--memory-budget-mb", type=float, default=1024)
+    parser.add_argument("--loop", action="store_true", help="also time the family as separate run() calls")
+    parser.add_argument("--profile", action="store_true", help="cProfile one batched scrub and one family run")
+    args = parser.parse_args()
+    common.setup(args)
+
+    model = common.make_model(args.d_model, args.vocab, args.n_ctx, args.seed, args.device)
+    data = common.make_dataset(args.rows, args.vocab, args.n_ctx, args.seed).to(args.device)
+    h = common.make_hypothesis(args.claims)
+    variants = common.leave_one_out(h)
+    features = FeatureCache(data)
+    ref_rows = torch.arange(min(args.ref_rows, args.rows), device=data.device)
+
+    t0 = time.perf_counter()
+    small = scrub.plan(h, data, args.seed, model=model, features=features, reference=ref_rows)
+    schedule = scrub.plan(h, data, args.seed, model=model, features=features)
+    family = [scrub.plan(v, data, args.seed, model=model, features=features) for v in variants]
+    t_plan = time.perf_counter() - t0
+    n_nodes = sum(1 for _ in schedule.nodes())
+    family_nodes = sum(sum(1 for _ in s.nodes()) for s in family)
+    print(
+        f"data: {args.rows} rows x {args.n_ctx} positions, last position scored | hypothesis: {args.claims} claims, "
+        f"{n_nodes} tree nodes | family: {len(family)} leave-one-out variants, {family_nodes} tree nodes | "
+        f"planning {2 + len(family)} schedules: {common.fmt_s(t_plan)}"
+    )
+
+    reference = ReferenceEngine(model, data)
+    batched = BatchedEngine(model, data, memory_budget_mb=args.memory_budget_mb, device=args.device)
+    view = batched.view if isinstance(batched.view, ModelView) else ModelView.from_hooked(model)
+    tokens = data.tokens
+    print(
+        f"batched engine: memory_budget_mb {args.memory_budget_mb:g}, chunk size {batched.chunk_size([schedule])} "
+        f"rows (one scrub of {args.rows} rows), {batched.chunk_size(family)} rows (family)"
+    )
+    sys.stdout.flush()
+
+    r = args.repeats
+    with torch.no_grad():
+        # ---- (a): the reference engine is slow; its timed run is also the correctness check
+        model(tokens[:8])  # warm-up
+        passes = [0]
+        handle = model.register_forward_pre_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+        t_ref, ref_logits = common.timed(lambda: reference.run(small), args.ref_repeats, warmup=0)
+        handle.remove()
+        passes_per_run = passes[0] // args.ref_repeats
+        t_bat_small, bat_small = common.timed(lambda: batched.run(small), r)
+        err = (ref_logits - bat_small).abs().max().item()
+        sub = tokens[ref_rows]
+        t_clean_small, _ = common.timed(lambda: view.forward(sub), r)
+        # ---- (b): the family through one run_many call, against one clean forward of the same rows
+        t_clean_view, clean = common.timed(lambda: view.forward(tokens), r)
+        t_clean_tl, clean_tl = common.timed(lambda: model(tokens), r)
+        clean_err = (clean - clean_tl).abs().max().item()
+        t_bat, _ = common.timed(lambda: batched.run(schedule), r)
+        t_fam, fam_logits = common.timed(lambda: batched.run_many(family), r)
+        fam_err = max((fam_logits[i] - batched.run(family[i])).abs().max().item() for i in (0, len(family) - 1))
+        t_fam_loop = None
+        if args.loop:
+            t_fam_loop, _ = common.timed(lambda: [batched.run(s) for s in family], 1, warmup=0)
+
+    print(
+        f"check: max |batched - reference| logits (a) {err:.2e}; run_many vs run (b) {fam_err:.2e}; "
+        f"|ModelView.forward - HookedTransformer| {clean_err:.2e}"
+    )
+    print()
+    print(f"{'what':62s} {'time':>10s}")
+    label = f"(a) {len(ref_rows)} rows: one scrub, reference engine ({passes_per_run} forward passes)"
+    print(f"{label:62s} {common.fmt_s(t_ref):>10s}")
+    print(f"{'(a) %d rows: one scrub, batched engine' % len(ref_rows):62s} {common.fmt_s(t_bat_small):>10s}")
+    print(f"{'(a) %d rows: clean forward, ModelView.forward' % len(ref_rows):62s} {common.fmt_s(t_clean_small):>10s}")
+    print(f"{'(b) %d rows: clean forward, ModelView.forward' % args.rows:62s} {common.fmt_s(t_clean_view):>10s}")
+    print(f"{'(b) %d rows: clean forward, HookedTransformer' % args.rows:62s} {common.fmt_s(t_clean_tl):>10s}")
+    print(f"{'(b) %d rows: one scrub, batched engine' % args.rows:62s} {common.fmt_s(t_bat):>10s}")
+    print(f"{'(b) %d rows: family of %d, one run_many call' % (args.rows, len(family)):62s} {common.fmt_s(t_fam):>10s}")
+    if t_fam_loop is not None:
+        print(f"{'(b) %d rows: family as %d run() calls (1 run)' % (args.rows, len(family)):62s} {common.fmt_s(t_fam_loop):>10s}")
+
+    speedup = t_ref / t_bat_small
+    family_ratio = t_fam / t_clean_view
+    print()
+    print(f"(a) reference / batched, one scrub:              {speedup:7.1f}x   goal >= {GOAL_SPEEDUP:g}x: {common.verdict(speedup >= GOAL_SPEEDUP)}")
+    print(
+        f"(b) family run_many / clean forward (ModelView): {family_ratio:7.1f}x   goal <= {GOAL_FAMILY:g}x: "
+        f"{common.verdict(family_ratio <= GOAL_FAMILY)}"
+    )
+    print(f"    family run_many / clean forward (TL):        {t_fam / t_clean_tl:7.1f}x")
+    print(f"    one batched scrub / clean forward (ModelView): {t_bat / t_clean_view:5.1f}x   ({args.rows} rows)")
+    print(f"    one batched scrub / clean forward (ModelView): {t_bat_small / t_clean_small:5.1f}x   ({len(ref_rows)} rows)")
+    print(f"    family run_many / one batched scrub:         {t_fam / t_bat:7.1f}x")
+    sys.stdout.flush()
+
+    # where the floor is: matmul work of the family's component evaluations, in clean forwards
+    cfg = model.cfg
+    per_kind = {"Head": 0, "MLP": 0, "Output": 0}
+    for s in family:
+        for node in s.nodes():
+            if not node.is_leaf and node.copies is None:
+                per_kind[type(node.component).__name__] += 1
+    d, dh, V = cfg.d_model, cfg.d_head, cfg.d_vocab_out
+    clean_macs = cfg.n_layers * (4 * cfg.n_heads * d * dh + 2 * d * cfg.d_mlp) + d * V  # per token
+    work = {
+        "Head": per_kind["Head"] * 4 * d * dh / clean_macs,
+        "MLP": per_kind["MLP"] * 2 * d * cfg.d_mlp / clean_macs,
+        "Output": per_kind["Output"] * d * V / clean_macs,
+    }
+    print(
+        f"    floor: the family evaluates {per_kind['Head']} heads, {per_kind['MLP']} MLPs and {per_kind['Output']} "
+        f"unembeddings at every position = {sum(work.values()):.2f} clean forwards of matmul work "
+        f"(heads {work['Head']:.2f}, MLPs {work['MLP']:.2f}, unembed {work['Output']:.2f}), plus the clean pass"
+    )
+    sys.stdout.flush()
+
+    if args.profile:
+        import cProfile
+        import pstats
+
+        for label, fn in (("one batched scrub", lambda: batched.run(schedule)), ("family run_many", lambda: batched.run_many(family))):
+            prof = cProfile.Profile()
+            with torch.no_grad():
+                prof.enable()
+                fn()
+                prof.disable()
+            print(f"\n---- cProfile: {label} (tottime, top 25) ----")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            print(f"---- cProfile: {label} (cumtime, top 30) ----")
+            pstats.Stats(prof).sort_stats("cumtime").print_stats(30)
+
+
+if __name__ == "__main__":
+    main()
