@@ -29,6 +29,23 @@ induction-2l
       essential; the four share the job).
 
     (Written by hand from ``weights/induction-2l.json`` after training; the JSON is the record.)
+
+parens-3l
+    The shape of Redwood's paren-balance checker: 3 layers, 2 heads of d_head 28, d_model 56, ReLU
+    MLPs of 56, LayerNorm, learned positions, bidirectional attention (no padding mask), 5 tokens
+    in, 2 classes out, read at position 0 (n_ctx 42). Trained on `scrub.tasks.parens` with the
+    class loss at position 0 for 12000 AdamW steps of 64 rows (lr 1.5e-3, 200 warm-up steps,
+    cosine to 0, betas (0.9, 0.98), weight decay 0.1, one thread; about 14 minutes of CPU on a
+    shared 2-core machine). The loss sits near 0.2 (about 90% accuracy: the count test is only
+    approximate on long strings) until about step 5500, then drops within 1000 steps; shorter
+    schedules tried (1500-8000 steps, constant or cosine, lr 1e-3 to 1e-2) stopped before that.
+    On the held-out ``parens(n=2048, seed=12345)``: accuracy 0.9971, loss 0.0086 (balanced rows
+    0.9927, count failures 1.0, horizon-only failures 0.9969).
+
+    Heads (JSON ``heads``; hypotheses/parens.py explains them): the last MLP writes the class
+    (resampling its direct path alone costs 1.59 nats; any single head's at most 0.08). Into it
+    and the logits, head 2.1 carries the count test (with starts-open), heads 1.0 and 1.1 the
+    horizon test, head 2.0 the prefix form of the horizon test.
 """
 
 from __future__ import annotations
@@ -89,8 +106,6 @@ class Recipe:
     eval_task_kwargs: Optional[Mapping[str, Any]] = None
 
 
-PARENS_STEPS = 3000
-
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -146,11 +161,15 @@ RECIPES: dict[str, Recipe] = {
             task="parens",
             task_kwargs=dict(max_len=40),
             loss_positions="mask",
-            steps=PARENS_STEPS,
-            batch_size=128,
-            lr=2e-3,
-            weight_decay=0.01,
+            steps=12000,
+            batch_size=64,
+            lr=1.5e-3,
+            weight_decay=0.1,
+            betas=(0.9, 0.98),
+            lr_schedule="cosine",
+            warmup_steps=200,
             seed=0,
+            threads=1,
             eval_n=2048,
         ),
     ]

@@ -38,6 +38,8 @@ __all__ = ["train", "evaluate", "save", "main", "WEIGHTS_DIR"]
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 HEAD_THRESHOLD = 0.3  # an attention score above this marks a head as a previous-token / induction head
 HEAD_KEYS = (
+    "dla", "dla_subsets", "eta2", "eta2_features", "attn_pos0", "attn_pos0_columns", "p_r2",
+    "direct_resample_loss", "readout_search", "roles",
     "prev_token_scores",
     "prev_token_scores_first_copy",
     "induction_scores",
@@ -247,59 +249,58 @@ def evaluate_induction(model, data: Dataset) -> dict[str, Any]:
 
 
 PARENS_FEATURES = ("count_test", "horizon_test", "prefix_horizon_test", "starts_open", "count_and_starts_open", "balanced")
-
-
-def _parens_subsets(data: Dataset) -> dict[str, torch.Tensor]:
-    e = data.extras
-    return {
-        "balanced": e["balanced"],
-        "unbalanced": ~e["balanced"],
-        "count_failures": ~e["count_test"],
-        "horizon_only_failures": e["count_test"] & ~e["horizon_test"],
-    }
+PARENS_ROLES = {"count_test": "count", "count_and_starts_open": "count", "horizon_test": "horizon", "prefix_horizon_test": "prefix"}
 
 
 @torch.no_grad()
 def evaluate_parens(model, data: Dataset, resample_n: int = 2048) -> dict[str, Any]:
-    """Accuracy and loss of a paren-balance classifier, and what each head writes at position 0.
+    """Accuracy and loss of a paren-balance classifier (class at position 0), overall and per
+    subset, and the evidence for what each head does (hypotheses/parens.py reads the roles).
 
-    - ``loss`` / ``accuracy`` (class at position 0), also per subset (``subsets``): balanced,
-      unbalanced, count failures, horizon-only failures (count test passed, horizon test failed).
     - ``dla[l][h]``: direct logit attribution of head l.h at position 0 (its output through the
-      final LayerNorm, with that row's scale, onto ``W_U[:, 1] - W_U[:, 0]``: + means "balanced"),
-      averaged over each subset (``dla_subsets`` names the order).
-    - ``eta2[l][h]``: for each feature in ``PARENS_FEATURES``, the share of the variance of the
-      head's output vector at position 0 that the feature's classes explain (1: the output is a
-      function of the feature).
-    - ``attn_pos0_to_pos1[l][h]``: mean attention from position 0 to position 1.
-    - ``direct_resample_loss``: the class loss when only one writer's direct path to the output is
-      resampled (from a random row, or from a row agreeing on a feature; every other direct path
-      is exact), computed with `scrub.evaluate` on the first ``resample_n`` rows, seed 0.
+      final LayerNorm, with each row's scale, onto ``W_U[:, 1] - W_U[:, 0]``; + means
+      "balanced"), averaged over each of ``dla_subsets``.
+    - ``eta2[l][h]``: per feature of ``eta2_features``, the share of the variance of the head's
+      output vector at position 0 explained by the feature's classes (1: a function of it).
+    - ``attn_pos0``: mean attention from position 0 to position 1, to the parentheses, to [PAD].
+    - ``p_r2[h]``: R^2 of a linear fit of layer-0 head h's output at position 1 to the open
+      proportion of the whole string.
+    - ``direct_resample_loss``: class loss with one writer's direct path to the output resampled
+      (from a random row, ``"any"``, or a row agreeing on a feature) and every other direct path
+      exact; the first ``resample_n`` rows, seed 0 (`scrub.evaluate`).
+    - ``readout_search``: the same, on the read-out (the output and the last MLP, which gets the
+      same claims): every layer >= 1 head exact into both but one, which carries one feature.
+      ``roles`` names, per head, the feature with the lowest loss there.
     """
     logits, cache = model.run_with_cache(
         data.tokens, names_filter=lambda k: k.endswith(("hook_z", "hook_pattern", "ln_final.hook_scale"))
     )
-    lg0, y = logits[:, 0], data.targets[:, 0]  # [n, 2], [n]
+    lg0, y, e = logits[:, 0], data.targets[:, 0], data.extras  # [n, 2], [n]
     ce = F.cross_entropy(lg0, y, reduction="none")  # [n]
     correct = (lg0.argmax(-1) == y).float()
-    subsets = _parens_subsets(data)
-    out: dict[str, Any] = {"loss": float(ce.mean()), "accuracy": float(correct.mean()), "subsets": {}}
-    for name, m in subsets.items():
-        out["subsets"][name] = {"n": int(m.sum()), "loss": float(ce[m].mean()), "accuracy": float(correct[m].mean())}
+    subsets = {"balanced": e["balanced"], "unbalanced": ~e["balanced"], "count_failures": ~e["count_test"],
+               "horizon_only_failures": e["count_test"] & ~e["horizon_test"]}
+    out: dict[str, Any] = {"loss": float(ce.mean()), "accuracy": float(correct.mean()), "subsets": {
+        k: {"n": int(m.sum()), "loss": float(ce[m].mean()), "accuracy": float(correct[m].mean())} for k, m in subsets.items()}}
     direction = model.ln_final.w * (model.W_U[:, 1] - model.W_U[:, 0])  # [d]
     scale = cache["ln_final.hook_scale"][:, 0, 0]  # [n]
-    cfg = model.cfg
-    dla, eta2, attn = [], [], []
-    for layer in range(cfg.n_layers):
-        z = cache["z", layer][:, 0]  # [n, head, d_head]
-        res = torch.einsum("nhe,hed->nhd", z, model.W_O[layer])  # [n, head, d]
-        res_c = res - res.mean(-1, keepdim=True)
-        head_dla = (res_c @ direction) / scale[:, None]  # [n, head]
-        dla.append([[float(head_dla[m, h].mean()) for m in subsets.values()] for h in range(cfg.n_heads)])
-        eta2.append([[_eta2(res[:, h], data.extras[f]) for f in PARENS_FEATURES] for h in range(cfg.n_heads)])
-        attn.append(cache["pattern", layer][:, :, 0, 1].mean(0).tolist())
-    out.update(dla=dla, dla_subsets=list(subsets), eta2=eta2, eta2_features=list(PARENS_FEATURES), attn_pos0_to_pos1=attn)
-    out["direct_resample_loss"] = _direct_resample(model, data, resample_n)
+    is_paren, is_pad = data.tokens >= 3, data.tokens == 1  # [n, pos]
+    dla, eta2, attn, p_r2 = [], [], [], []
+    for layer in range(model.cfg.n_layers):
+        res = torch.einsum("nphe,hed->nphd", cache["z", layer], model.W_O[layer])  # [n, pos, head, d]
+        res0 = res[:, 0]  # [n, head, d]
+        head_dla = ((res0 - res0.mean(-1, keepdim=True)) @ direction) / scale[:, None]  # [n, head]
+        dla.append([[float(head_dla[m, h].mean()) for m in subsets.values()] for h in range(model.cfg.n_heads)])
+        eta2.append([[_eta2(res0[:, h], e[f]) for f in PARENS_FEATURES] for h in range(model.cfg.n_heads)])
+        pat = cache["pattern", layer][:, :, 0]  # [n, head, k]
+        attn.append([[float(pat[:, h, 1].mean()), float((pat[:, h] * is_paren).sum(-1).mean()),
+                      float((pat[:, h] * is_pad).sum(-1).mean())] for h in range(model.cfg.n_heads)])
+        if layer == 0:
+            p_r2 = [_r2(res[:, 1, h], e["open_proportion"][:, 0]) for h in range(model.cfg.n_heads)]
+    out.update(dla=dla, dla_subsets=list(subsets), eta2=eta2, eta2_features=list(PARENS_FEATURES),
+               attn_pos0=attn, attn_pos0_columns=["pos1", "parens", "pad"], p_r2=p_r2)
+    out.update(_parens_scrubs(model, data, resample_n))
+    out["roles"]["p_head"] = f"Head(0.{max(range(len(p_r2)), key=p_r2.__getitem__)})"
     return _rounded(out)
 
 
@@ -307,40 +308,50 @@ def _eta2(values: torch.Tensor, feature: torch.Tensor) -> float:
     """Between-class share of the variance of ``values`` [n, d] for the classes of ``feature`` [n]."""
     _, ids = torch.unique(feature, return_inverse=True)
     centred = values - values.mean(0)
-    total = float((centred**2).sum())
     sums = torch.zeros(int(ids.max()) + 1, values.shape[1]).index_add_(0, ids, centred)
-    between = float(((sums**2).sum(-1) / torch.bincount(ids).float()).sum())
-    return between / total if total > 0 else float("nan")
+    return float(((sums**2).sum(-1) / torch.bincount(ids).float()).sum()) / float((centred**2).sum())
 
 
-def _direct_resample(model, data: Dataset, n: int) -> dict[str, Any]:
-    """``{writer: {"any": loss, feature: loss, ...}}``: one direct path resampled, the rest exact."""
+def _r2(x: torch.Tensor, y: torch.Tensor) -> float:
+    """R^2 of the least-squares fit of ``y`` [n] by ``x`` [n, d] plus a constant."""
+    x1 = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    fit = x1 @ torch.linalg.lstsq(x1, y.double()[:, None]).solution
+    return 1.0 - float(((y.double() - fit[:, 0]) ** 2).mean() / y.double().var(unbiased=False))
+
+
+def _parens_scrubs(model, data: Dataset, n: int) -> dict[str, Any]:
     import scrub
-    from scrub import EXACT, MLP, Embed, Feature, Head, Hypothesis, PosEmbed
+    from scrub import EXACT, MLP, Embed, Feature, Head, Hypothesis
 
     cfg = model.cfg
-    writers = [Embed(), PosEmbed()]
-    for layer in range(cfg.n_layers):
-        writers += [Head(layer, h) for h in range(cfg.n_heads)] + [MLP(layer)]
-    result: dict[str, Any] = {"model": None}
-    for target in writers:
-        if isinstance(target, PosEmbed):
-            continue
-        feats = {"any": None} if not isinstance(target, Head) else {"any": None, **{f: Feature.extra(f) for f in PARENS_FEATURES}}
-        row = {}
-        for label, feature in feats.items():
-            h = Hypothesis(f"{target} direct path <- {label}")
-            out = h.output()
-            for w in writers:
-                if w != target:
-                    h.claim(w, EXACT, into=out)
-            if feature is not None:
-                h.claim(target, feature, into=out)
-            r = scrub.evaluate(h, model, data, n=n, seeds=1, n_boot=10)
-            row[label] = r.m_scrub
-            result["model"], result["baseline"] = r.m_model, r.m_base
-        result[str(target)] = row
-    return result
+    writers = [Embed()] + [c for l in range(cfg.n_layers) for c in (*(Head(l, h) for h in range(cfg.n_heads)), MLP(l))]
+    late = [w for w in writers if isinstance(w, Head) and w.layer >= 1]
+
+    def loss(target, feature, readout: bool) -> tuple[float, float, float]:
+        h = Hypothesis(f"{target} <- {feature}")
+        parents = [h.output()]
+        if readout:
+            parents.append(h.claim(MLP(cfg.n_layers - 1), EXACT, into=parents[0], name="readout MLP"))
+        for w in (late if readout else writers):
+            for p in parents:
+                if w != target or feature is not None:
+                    h.claim(w, Feature.extra(feature) if w == target and feature != "any" else EXACT, into=p,
+                            name=f"{w}->{p.name}")
+        r = scrub.evaluate(h, model, data, n=n, seeds=1, n_boot=10)
+        return r.m_scrub, r.m_model, r.m_base
+
+    direct: dict[str, Any] = {}
+    for w in writers:
+        feats = ("any",) + (PARENS_FEATURES if w in late else ())
+        direct[str(w)] = {f: loss(w, None if f == "any" else f, False)[0] for f in feats}
+    _, m_model, m_base = loss(writers[0], None, False)
+    search = {str(w): {f: loss(w, f, True)[0] for f in PARENS_ROLES} for w in late}
+    roles = {"count_heads": [], "horizon_heads": [], "prefix_heads": []}
+    for w in late:
+        best = min(PARENS_ROLES, key=search[str(w)].get)
+        roles[f"{PARENS_ROLES[best]}_heads"].append(str(w))
+    return {"direct_resample_loss": {"model": m_model, "baseline": m_base, **direct},
+            "readout_search": {"all_exact": loss(None, None, True)[0], **search}, "roles": roles}
 
 
 def _rounded(value: Any) -> Any:
@@ -372,7 +383,27 @@ def evaluate(model, recipe: Recipe) -> dict[str, Any]:
     return {**header, "loss_mask": round(_masked_ce(logits, data.targets, data.loss_mask), 4)}
 
 
+def _parens_notes(m: dict[str, Any]) -> str:
+    r, search, direct = m["roles"], m["readout_search"], m["direct_resample_loss"]
+    heads = sorted(search)
+    return (
+        f"Measured on {m['dataset']}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}. Roles (the feature "
+        f"a head may carry into the read-out with the least loss; read-out = unembedding + last MLP, every "
+        f"other layer>=1 head exact, loss with all exact {search['all_exact']:.3f}): count heads "
+        f"{', '.join(r['count_heads']) or 'none'}; horizon heads {', '.join(r['horizon_heads']) or 'none'}; "
+        f"prefix-horizon heads {', '.join(r['prefix_heads']) or 'none'}; "
+        + "; ".join(f"{h}: " + ", ".join(f"{k} {v:.3f}" for k, v in search[h].items()) for h in heads if h != "all_exact")
+        + f". p head (layer 0, R^2 with the whole-string open proportion at position 1): {r['p_head']} "
+        f"({', '.join(f'{v:.2f}' for v in m['p_r2'])}). Direct path alone resampled (model {direct['model']:.4f}, "
+        f"baseline {direct['baseline']:.3f}): "
+        + ", ".join(f"{k} {v['any']:.3f}" for k, v in direct.items() if isinstance(v, dict))
+        + ". The last MLP's direct path carries the decision: the heads feed it rather than the logits."
+    )
+
+
 def _notes(metrics: dict[str, Any]) -> str:
+    if "roles" in metrics:
+        return _parens_notes(metrics)
     if "prev_token_scores" not in metrics:
         return ""
     prev, first = metrics["prev_token_scores"][0], metrics["prev_token_scores_first_copy"][0]
@@ -413,7 +444,8 @@ def save(model, recipe: Recipe, training: dict[str, Any], metrics: dict[str, Any
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.named_parameters()}
     weights = out_dir / f"{recipe.name}.safetensors"
-    save_file(tensors, str(weights), metadata={"name": recipe.name, "format": "pt"})
+    # one metadata key: safetensors orders several in a varying way, and the bytes should repeat
+    save_file(tensors, str(weights), metadata={"format": "pt"})
     record = {
         "name": recipe.name,
         "description": recipe.description,
@@ -447,6 +479,14 @@ def _print_heads(metrics: dict[str, Any], log: Callable[[str], None]) -> None:
             log(f"  {layer}.{head}: {prev[head]:.3f} | {first[head]:.3f} | {ind[head]:.3f} | {abl[head]:.3f}")
 
 
+def _load_trained(recipe: Recipe, out_dir: Path):
+    from safetensors.torch import load_file
+
+    model = build_model(recipe.config, seed=recipe.seed)
+    model.load_state_dict(load_file(str(Path(out_dir) / f"{recipe.name}.safetensors")), strict=False)
+    return model.eval(), json.loads((Path(out_dir) / f"{recipe.name}.json").read_text())["training"]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scrub.zoo.train", description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help=f"recipes to train: {sorted(RECIPES)}")
@@ -454,6 +494,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     parser.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output folder (default {WEIGHTS_DIR})")
+    parser.add_argument(
+        "--reevaluate", action="store_true", help="do not train: re-evaluate the weights in --out, keep their training record"
+    )
     args = parser.parse_args(argv)
     names = sorted(RECIPES) if args.all else args.names
     if not names:
@@ -463,7 +506,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unknown recipe(s) {unknown}; recipes: {sorted(RECIPES)}")
     for name in names:
         recipe = RECIPES[name]
-        model, training = train(recipe, steps=args.steps, seed=args.seed)
+        if args.reevaluate:
+            model, training = _load_trained(recipe, args.out)
+        else:
+            model, training = train(recipe, steps=args.steps, seed=args.seed)
         metrics = evaluate(model, recipe)
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
         _print_heads(metrics, print)
