@@ -58,3 +58,15 @@ def test_compare_refuses_results_that_do_not_share_rows(monkeypatch, induction_c
     monkeypatch.setattr(build, "evaluate_many", lambda *a, **k: [good[0], shifted])
     with pytest.raises(scrub.ReportError, match="not scrubbed on the same rows"):
         scrub.compare([I.naive(), I.refined()], I.model(), I.dataset(n=64), n=8)
+
+
+def test_parens_orderings_the_doc_states():
+    """Our heads beat Redwood's head numbers on our model, and the combined hypothesis recovers
+    less than experiment 1a (docs/replications.md)."""
+    from hypotheses import parens as P
+
+    cmp = scrub.compare([P.exp1a(), P.exp1a_redwood_heads(), P.combined()], P.model(), P.dataset(n=1024), seeds=1, n=256)
+    ours_vs_redwood = _difference(cmp, P.exp1a().name, P.exp1a_redwood_heads().name)
+    assert ours_vs_redwood.ci[0] > 0.1  # 75.6% vs 41.1% at n=1024, 2 seeds
+    combined_vs_1a = _difference(cmp, P.exp1a().name, P.combined().name)
+    assert combined_vs_1a.ci[0] > 0  # 75.6% vs 62.4%: the interval excludes zero
