@@ -446,6 +446,7 @@ def save(model, recipe: Recipe, training: dict[str, Any], metrics: dict[str, Any
     weights = out_dir / f"{recipe.name}.safetensors"
     # one metadata key: safetensors orders several in a varying way, and the bytes should repeat
     save_file(tensors, str(weights), metadata={"format": "pt"})
+    weights.chmod(0o644)  # safetensors creates the file 0600; shipped weights are world-readable
     record = {
         "name": recipe.name,
         "description": recipe.description,
