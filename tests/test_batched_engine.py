@@ -23,6 +23,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import perturb as _perturb  # one definition of the seeded perturbation
 import scrub
 from scrub import EXACT, MLP, Dataset, Embed, Feature, Head, Hypothesis, PosEmbed, ScheduleError
 from scrub.components import stage
@@ -64,22 +65,6 @@ CONFIGS: dict[str, dict] = {
     "gelu-std-bidir-None": dict(act_fn="gelu", positional_embedding_type="standard",
                                 attention_dir="bidirectional", normalization_type=None),
 }
-
-
-def _perturb(model, seed: int):
-    """Overwrite EVERY parameter with seeded noise (TransformerLens initialises biases to zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            leaf = name.split(".")[-1]
-            if leaf == "w":  # LayerNorm gain
-                p.copy_(1.0 + 0.2 * noise)
-            elif p.ndim == 1 or leaf.startswith("b") or leaf.startswith("_b"):  # biases, LN shifts
-                p.copy_(0.3 * noise)
-            else:  # matrices, scaled by fan-in
-                p.copy_(noise / p.shape[-2] ** 0.5)
-    return model.eval()
 
 
 def build_model(seed: int = 0, **overrides):
