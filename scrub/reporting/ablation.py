@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from scrub.components import MLP, Component, Embed, Head
-from scrub.model import ModelView
+from scrub.model import CleanPass, ModelView
 
 __all__ = ["ablated_logits"]
 
@@ -41,22 +41,21 @@ def _piece(value: Tensor, component: Component) -> Tensor:
 def ablated_logits(
     view: ModelView,
     tokens: Int[Tensor, "n p"],
-    random_tokens: Int[Tensor, "n p"],
+    random: CleanPass,
     *,
     knock_out: Optional[Component] = None,
     direct: Optional[Component] = None,
 ) -> Float[Tensor, "n p vocab"]:
-    """Logits with ``knock_out``'s output replaced everywhere by its output on ``random_tokens``,
+    """Logits with ``knock_out``'s output replaced everywhere by its output on random rows,
     and ``direct``'s contribution to the final residual (only) replaced by its output there.
 
     Args:
         view: the model.
         tokens: the reference rows.
-        random_tokens: one random row per reference row (shared across conditions).
+        random: the clean pass of one random row per reference row (shared across conditions).
         knock_out: the component whose output is resampled on every path (``None``: none).
         direct: the component whose direct path to the output is resampled (``None``: none).
     """
-    random = view.clean_pass(random_tokens)
     embed = random.embed if isinstance(knock_out, Embed) else view.embed(tokens)  # [n, p, d]
     # positions are the same in every row, so the positional embedding needs no resampling
     resid = embed + random.pos  # [n, p, d]

@@ -232,33 +232,44 @@ def _generality_findings(full: Result, general: Sequence[tuple[str, Result]]) ->
 
 def _compensation(model, data: Dataset, pairs, full: Result, seeds: Sequence[int], metric: Metric,
                   batch_size: Optional[int], ci_level: float, n_boot: int, min_effect: float) -> list[Compensation]:
-    """Knock ``a`` out and compare the direct effect of ``b`` with and without it, per pair."""
+    """Knock ``a`` out and compare the direct effect of ``b`` with and without it, per pair.
+
+    Per seed and chunk of reference rows, the clean logits and the random rows' clean pass are
+    computed once and shared by every pair (the same random rows for all: common random numbers).
+    """
+    pairs = [p for p in pairs if p[1] != p[3] and not isinstance(p[1], Output) and not isinstance(p[3], Output)]
+    if not pairs:
+        return []
     view = ModelView.from_hooked(model)
     reference = full.rows.reference
     tokens = data.tokens.to(view.device)
     sign = 1.0 if metric.lower_is_better else -1.0
     size = batch_size or 512
-    out = []
-    for a_name, a, b_name, b in pairs:
-        if a == b or isinstance(a, Output) or isinstance(b, Output):
-            continue
-        values = {key: [] for key in ("clean", "direct", "ko", "ko_direct")}
-        for seed in seeds:
-            generator = torch.Generator().manual_seed(10_000 + int(seed))
-            random_rows = torch.randint(len(data), (len(reference),), generator=generator)
-            parts = {key: [] for key in values}
-            for start in range(0, len(reference), size):
-                ref = reference[start : start + size]
-                batch = data.rows(ref)
-                toks, rand = tokens[ref.to(view.device)], tokens[random_rows[start : start + size].to(view.device)]
-                clean = view.forward(toks)
-                for key, kwargs in (("clean", {}), ("direct", {"direct": b}), ("ko", {"knock_out": a}),
+    keys = ("clean", "direct", "ko", "ko_direct")
+    values = [{key: [] for key in keys} for _ in pairs]  # per pair: per seed [n]
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(10_000 + int(seed))
+        random_rows = torch.randint(len(data), (len(reference),), generator=generator)
+        parts = [{key: [] for key in keys} for _ in pairs]
+        for start in range(0, len(reference), size):
+            ref = reference[start : start + size]
+            batch = data.rows(ref)
+            toks = tokens[ref.to(view.device)]
+            random = view.clean_pass(tokens[random_rows[start : start + size].to(view.device)])
+            clean = view.forward(toks)
+            clean_value = sign * metric(clean, batch, clean).cpu()
+            for (_, a, _, b), part in zip(pairs, parts):
+                part["clean"].append(clean_value)
+                for key, kwargs in (("direct", {"direct": b}), ("ko", {"knock_out": a}),
                                     ("ko_direct", {"knock_out": a, "direct": b})):
-                    logits = clean if key == "clean" else ablated_logits(view, toks, rand, **kwargs)
-                    parts[key].append(sign * metric(logits, batch, clean).cpu())
-            for key in values:
-                values[key].append(torch.cat(parts[key]))
-        v = {key: torch.stack(x) for key, x in values.items()}  # [seeds, n]
+                    logits = ablated_logits(view, toks, random, **kwargs)
+                    part[key].append(sign * metric(logits, batch, clean).cpu())
+        for value, part in zip(values, parts):
+            for key in keys:
+                value[key].append(torch.cat(part[key]))
+    out = []
+    for (a_name, _, b_name, _), value in zip(pairs, values):
+        v = {key: torch.stack(x) for key, x in value.items()}  # [seeds, n]
         direct_b = mean_difference(v["direct"], v["clean"], level=ci_level, n_boot=n_boot)
         after = mean_difference(v["ko_direct"], v["ko"], level=ci_level, n_boot=n_boot)
         rise = mean_difference(v["ko_direct"] - v["ko"], v["direct"] - v["clean"], level=ci_level, n_boot=n_boot)
