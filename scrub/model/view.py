@@ -246,9 +246,8 @@ class ModelView:
             return x
         # TransformerLens normalises low-precision inputs in float32 and casts back.
         xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
-        xf = xf - xf.mean(-1, keepdim=True)  # [..., d]
-        scale = (xf.pow(2).mean(-1, keepdim=True) + self.config.eps).sqrt()  # [..., 1]
-        out = (xf / scale).to(self.dtype)  # [..., d]
+        # (x - mean) / sqrt(var + eps) with the biased variance, as TransformerLens computes it
+        out = F.layer_norm(xf, (xf.shape[-1],), eps=self.config.eps).to(self.dtype)  # [..., d]
         if w is not None and b is not None:
             out = out * w + b
         return out
