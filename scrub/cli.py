@@ -41,7 +41,7 @@ from scrub.errors import ScrubError
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-METRICS = ("cross_entropy", "accuracy", "kl", "logit_diff")
+METRICS = ("cross_entropy", "accuracy", "kl", "logit_diff", "target_logit")
 
 EPILOG = """exit codes:
   0    success
@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--n", metavar="N", type=_positive(), default=None,
                         help="use the first N rows as reference rows (default: all)")
     common.add_argument("--device", metavar="D", default=None, help="move the model to D (cpu, cuda, cuda:1, ...)")
-    common.add_argument("--metric", metavar="M", choices=METRICS, default="cross_entropy",
-                        help=f"metric: {', '.join(METRICS)} (default cross_entropy)")
+    common.add_argument("--metric", metavar="M", choices=METRICS, default=None,
+                        help=f"metric: {', '.join(METRICS)} (default: the file's METRIC, else cross_entropy)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     run = sub.add_parser("run", parents=[common], help="report every hypothesis of FILE", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -127,6 +127,10 @@ def _load(args):
     from scrub.hypfile import load_hypothesis_file
 
     spec = load_hypothesis_file(args.file)
+    if args.metric is None:  # the file may name its metric (module-level METRIC = "logit_diff")
+        args.metric = getattr(spec.module, "METRIC", None) or "cross_entropy"
+        if args.metric not in METRICS:
+            raise InvalidHypothesis(f"{spec.path}: METRIC = {args.metric!r} is not one of {', '.join(METRICS)}")
     model = spec.model()
     if args.device is not None:
         try:

@@ -121,6 +121,23 @@ def test_metric_option(small, capsys):
     assert "accuracy" in out
 
 
+def test_the_file_can_name_its_metric(small, tmp_path, capsys):
+    named = tmp_path / "named_metric.py"
+    named.write_text(small.read_text() + '\nMETRIC = "accuracy"\n')
+    code = main(["run", str(named), "--quick", "--n", "32", "--seeds", "1", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "accuracy" in out
+    code = main(["run", str(named), "--quick", "--n", "32", "--seeds", "1", "--metric", "cross_entropy", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "cross_entropy" in out and "accuracy" not in out  # the option wins
+    bad = tmp_path / "bad_metric.py"
+    bad.write_text(small.read_text() + '\nMETRIC = "nonsense"\n')
+    code = main(["run", str(bad), "--quick", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "METRIC = 'nonsense'" in err and "Traceback" not in err
+
+
 def test_compare(small, tmp_path, capsys):
     out_json, out_html = tmp_path / "cmp.json", tmp_path / "cmp.html"
     code = main(["compare", str(small), "--n", "32", "--seeds", "1", "--json", str(out_json), "--html", str(out_html)])
