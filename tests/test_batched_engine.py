@@ -16,14 +16,13 @@ Models are built once per configuration (module-level cache): construction is th
 
 from __future__ import annotations
 
-import warnings
 from functools import lru_cache
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import perturb as _perturb  # one definition of the seeded perturbation
+from conftest import make_model  # one definition of the tiny perturbed model
 import scrub
 from scrub import EXACT, MLP, Dataset, Embed, Feature, Head, Hypothesis, PosEmbed, ScheduleError
 from scrub.components import stage
@@ -68,20 +67,9 @@ CONFIGS: dict[str, dict] = {
 
 
 def build_model(seed: int = 0, **overrides):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    kwargs = dict(
-        n_layers=2, d_model=24, n_heads=3, d_head=8, d_mlp=48, d_vocab=D_VOCAB, n_ctx=N_CTX,
-        act_fn="relu", normalization_type="LN", device="cpu", seed=seed, init_weights=False,
-    )
-    kwargs.update(overrides)
-    if kwargs.get("attn_only"):
-        kwargs.pop("d_mlp", None)
-        kwargs["act_fn"] = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TL 3.9 deprecates HookedTransformer construction
-        model = HookedTransformer(HookedTransformerConfig(**kwargs))
-    return _perturb(model, seed)
+    """The suite's tiny perturbed model (conftest.make_model) at this file's sizes."""
+    sizes = dict(d_mlp=48, d_vocab=D_VOCAB, n_ctx=N_CTX, act_fn="relu")
+    return make_model(seed, **{**sizes, **overrides})
 
 
 @lru_cache(maxsize=None)
