@@ -90,8 +90,12 @@ def run_schedules(engine, schedules: Sequence[Schedule], metric: Metric, batch_s
         rows = torch.arange(start, min(n, start + size))
         chunk = [s.select(rows) for s in schedules]
         batch = data.rows(chunk[0].reference)
-        clean = engine.clean_logits(chunk[0].reference) if metric.needs_clean else None
-        logits = engine.run_many(chunk) if hasattr(engine, "run_many") else [engine.run(s) for s in chunk]
+        positions = metric.positions(batch)  # None: the metric reads every position
+        clean = engine.clean_logits(chunk[0].reference, positions) if metric.needs_clean else None
+        if hasattr(engine, "run_many"):
+            logits = engine.run_many(chunk, positions=positions)
+        else:
+            logits = [engine.run(s, positions=positions) for s in chunk]
         for i, lg in enumerate(logits):
             out[i].append(metric(lg, batch, clean).cpu())
     return [torch.cat(parts) for parts in out]
@@ -217,8 +221,9 @@ def _model_values(engine, data: Dataset, reference: Tensor, metric: Metric, batc
     parts = []
     for start in range(0, len(reference), size):
         rows = reference[start : start + size]
-        logits = engine.clean_logits(rows)
-        parts.append(metric(logits, data.rows(rows), logits).cpu())
+        batch = data.rows(rows)
+        logits = engine.clean_logits(rows, metric.positions(batch))
+        parts.append(metric(logits, batch, logits).cpu())
     return torch.cat(parts)
 
 

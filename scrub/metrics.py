@@ -51,15 +51,28 @@ class Metric:
         fn: ``fn(logits [n, pos, vocab], batch, clean_logits or None) -> [n]``.
         lower_is_better: True for losses, False for accuracies and logit differences.
         needs_clean: whether ``fn`` reads the unscrubbed model's logits (e.g. KL).
+        reads: which positions of the logits ``fn`` reads: ``"all"`` (the default, for any
+            callable) or ``"scored"`` (only where ``batch.loss_mask`` is True; every built-in
+            metric). With ``"scored"`` the engines compute the logits only at positions some
+            row of the batch scores and pass NaN elsewhere, which saves most of the work when
+            few positions are scored. Declare it for your own metric only if it is true.
     """
 
     name: str
     fn: MetricFn = attrs.field(repr=False)
     lower_is_better: bool = True
     needs_clean: bool = False
+    reads: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "scored")))
+
+    def positions(self, batch: Dataset) -> Optional[list[int]]:
+        """The positions whose logits this metric reads on ``batch`` (``None``: every position)."""
+        if self.reads == "all":
+            return None
+        return torch.nonzero(batch.loss_mask.any(dim=0)).flatten().tolist()
 
     def __call__(self, logits: Tensor, batch: Dataset, clean_logits: Optional[Tensor] = None) -> Float[Tensor, "n"]:
-        if torch.isnan(logits).any():
+        read = logits if self.reads == "all" else logits[batch.loss_mask.to(logits.device)]
+        if torch.isnan(read).any():
             raise MetricError(
                 f"metric {self.name!r}: the model produced NaN logits on dataset {batch.name!r}; "
                 f"check the weights and inputs (a NaN anywhere makes every loss meaningless)"
@@ -74,9 +87,12 @@ class Metric:
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the scored positions of each row: values, mask ``[n, pos]`` -> ``[n]``."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum(dim=1) / mask.sum(dim=1)
+    """Mean over the scored positions of each row: values, mask ``[n, pos]`` -> ``[n]``.
+
+    Values at unscored positions are ignored even when they are NaN (logits not computed)."""
+    mask = mask.bool()
+    kept = torch.where(mask, values, torch.zeros_like(values))  # [n, pos]
+    return kept.sum(dim=1) / mask.to(values.dtype).sum(dim=1)
 
 
 def _cross_entropy(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
@@ -102,17 +118,17 @@ def _kl(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
 
 def cross_entropy() -> Metric:
     """Mean cross-entropy of the targets over each row's scored positions (lower is better)."""
-    return Metric("cross_entropy", _cross_entropy, lower_is_better=True)
+    return Metric("cross_entropy", _cross_entropy, lower_is_better=True, reads="scored")
 
 
 def accuracy() -> Metric:
     """Fraction of scored positions where the top logit is the target (higher is better)."""
-    return Metric("accuracy", _accuracy, lower_is_better=False)
+    return Metric("accuracy", _accuracy, lower_is_better=False, reads="scored")
 
 
 def kl_to_model() -> Metric:
     """KL(model || scrubbed) of the output distributions at the scored positions (lower is better)."""
-    return Metric("kl_to_model", _kl, lower_is_better=True, needs_clean=True)
+    return Metric("kl_to_model", _kl, lower_is_better=True, needs_clean=True, reads="scored")
 
 
 def logit_diff(wrong: str = "wrong_target") -> Metric:
@@ -135,7 +151,7 @@ def logit_diff(wrong: str = "wrong_target") -> Metric:
         wrong_logit = logits.gather(-1, other.clamp(min=0)[..., None])[..., 0]
         return _masked_mean((right - wrong_logit).float(), batch.loss_mask.to(logits.device))
 
-    return Metric("logit_diff", diff, lower_is_better=False)
+    return Metric("logit_diff", diff, lower_is_better=False, reads="scored")
 
 
 def target_logit() -> Metric:
@@ -150,7 +166,7 @@ def target_logit() -> Metric:
         right = logits.gather(-1, targets[..., None])[..., 0]  # [n, pos]
         return _masked_mean(-right.float(), batch.loss_mask.to(logits.device))
 
-    return Metric("target_logit", minus_logit, lower_is_better=True)
+    return Metric("target_logit", minus_logit, lower_is_better=True, reads="scored")
 
 
 METRICS: dict[str, Callable[[], Metric]] = {

@@ -19,114 +19,27 @@ rows are processed in chunks sized from ``memory_budget_mb``; results do not dep
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from scrub.components import MLP, Component, Embed, Head, Output, PosEmbed
+from scrub.components import MLP, Component, Head, Output
 from scrub.data import Dataset
+from scrub.engine.cache import CleanCache, Key, cache_bytes, output_key, port_key
+from scrub.engine.positions import Positions, node_positions, port_positions
 from scrub.errors import ScheduleError
-from scrub.model import CleanPass, ModelView
+from scrub.model import ModelView
 from scrub.plan import Schedule, ScheduleNode
 
 __all__ = ["BatchedEngine"]
-
-Key = tuple  # what the clean cache holds: ("resid_pre", l), ("head", l, h), ("final",), ...
-
-
-def _output_key(component: Component) -> Key:
-    if isinstance(component, Head):
-        return ("head", component.layer, component.head)
-    if isinstance(component, MLP):
-        return ("mlp", component.layer)
-    if isinstance(component, Embed):
-        return ("embed",)
-    if isinstance(component, PosEmbed):
-        return ("pos",)
-    raise ScheduleError(f"{component} writes nothing into the residual stream")
-
-
-def _port_key(component: Component) -> Key:
-    if isinstance(component, Head):
-        return ("resid_pre", component.layer)
-    if isinstance(component, MLP):
-        return ("resid_mid", component.layer)
-    if isinstance(component, Output):
-        return ("final",)
-    raise ScheduleError(f"{component} has no ports")
-
-
-def _read(clean: CleanPass, key: Key) -> Tensor:
-    """One cached quantity ``[b, p, d]`` out of a full clean pass."""
-    kind = key[0]
-    if kind == "head":
-        return clean.head_out[key[1]][:, :, key[2]]
-    if kind == "mlp":
-        return clean.mlp_out[key[1]]
-    if kind == "embed":
-        return clean.embed
-    if kind == "pos":
-        return clean.pos
-    if kind == "resid_pre":
-        return clean.resid_pre[key[1]]
-    if kind == "resid_mid":
-        return clean.resid_mid[key[1]]
-    return clean.resid_final
 
 
 def _stage(component: Component, n_layers: int) -> int:
     if isinstance(component, Output):
         return 2 * n_layers + 1
     return component.stage
-
-
-_COMPUTED = {("embed",), ("pos",)}  # read from the weights directly, never cached
-
-
-class _CleanCache:
-    """Clean-pass quantities for the rows some schedules read, only the keys they need.
-
-    Embeddings are not stored: they are read from the weights for the rows asked for. The
-    tables are preallocated and filled sub-batch by sub-batch, so building the cache never holds
-    more than the tables plus one sub-batch's clean pass.
-    """
-
-    def __init__(self, view: ModelView, tokens: Tensor, rows: Tensor, keys: set[Key], sub_batch: int) -> None:
-        self.view, self.tokens = view, tokens
-        self.rows = torch.unique(rows)  # [u] sorted dataset rows
-        stored = sorted(keys - _COMPUTED)
-        n_pos, d = tokens.shape[1], view.config.d_model
-        self.values: dict[Key, Tensor] = {
-            key: torch.empty(len(self.rows), n_pos, d, dtype=view.dtype, device=view.device) for key in stored
-        }
-        if not stored:
-            return
-        for start in range(0, len(self.rows), sub_batch):
-            clean = view.clean_pass(tokens[self.rows[start : start + sub_batch]])
-            for key in stored:
-                self.values[key][start : start + sub_batch] = _read(clean, key)
-
-    def index(self, rows: Tensor) -> Tensor:
-        """Positions of dataset ``rows`` in the cache."""
-        return torch.searchsorted(self.rows, rows.contiguous())
-
-    def get(self, key: Key, rows: Tensor) -> Float[Tensor, "n p d"]:
-        """``key`` on ``rows``: ``[n]`` rows give ``[n, p, d]``; ``[n, p]`` rows take position t from row[:, t]."""
-        n_pos = self.tokens.shape[1]
-        if key in _COMPUTED:
-            if key == ("pos",):  # the same in every row; shortformer positions are not in the residual
-                if self.view.config.positional == "standard":
-                    return self.view.pos_embed(rows.shape[0], n_pos)
-                return torch.zeros(rows.shape[0], n_pos, self.view.config.d_model, dtype=self.view.dtype, device=self.view.device)
-            toks = self.tokens[rows] if rows.ndim == 1 else self.tokens[rows, torch.arange(n_pos, device=rows.device)]
-            return self.view.embed(toks)  # [n, p, d]
-        table = self.values[key]  # [u, p, d]
-        idx = self.index(rows)
-        if rows.ndim == 1:
-            return table[idx]
-        return table[idx, torch.arange(n_pos, device=idx.device)]  # [n, p, d]
 
 
 class BatchedEngine:
@@ -156,13 +69,23 @@ class BatchedEngine:
     # ---- public -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def run(self, schedule: Schedule) -> Float[Tensor, "n pos vocab"]:
-        """Logits of the scrubbed model for every reference row of ``schedule``."""
-        return self.run_many([schedule])[0]
+    def run(self, schedule: Schedule, positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
+        """Logits of the scrubbed model for every reference row of ``schedule`` (see `run_many`)."""
+        return self.run_many([schedule], positions=positions)[0]
 
     @torch.no_grad()
-    def run_many(self, schedules: Sequence[Schedule]) -> list[Float[Tensor, "n pos vocab"]]:
-        """Logits for each schedule; all share one clean pass per chunk of reference rows."""
+    def run_many(
+        self, schedules: Sequence[Schedule], positions: Optional[Sequence[int]] = None
+    ) -> list[Float[Tensor, "n pos vocab"]]:
+        """Logits ``[n, pos, vocab]`` for each schedule; all share one clean pass per chunk of rows.
+
+        Args:
+            schedules: schedules planned on this engine's dataset, with the same number of
+                reference rows.
+            positions: the output positions whose logits are wanted (default: every position).
+                Only what those logits depend on is computed (see `scrub.engine.positions`);
+                the logits at other positions are NaN.
+        """
         if not schedules:
             return []
         n = schedules[0].n_rows
@@ -177,26 +100,34 @@ class BatchedEngine:
                     f"run_many(): schedules must share their reference rows; {s.hypothesis!r} has "
                     f"{s.n_rows}, the first has {n}"
                 )
-        keys, rows = _cache_needs(schedules)
+        wanted = self._wanted(positions)
+        needs, rows = self._cache_needs(schedules, wanted)
         shared = None
-        if self._cache_bytes(len(keys - _COMPUTED), len(torch.unique(rows))) <= self.memory_budget_mb * 2**20 * 0.6:
-            shared = self._build_cache(keys, rows)  # one clean pass for every chunk
+        if cache_bytes(self.view, needs, len(torch.unique(rows))) <= self.memory_budget_mb * 2**20 * 0.6:
+            shared = self._build_cache(needs, rows)  # one clean pass for every chunk
         size = self.chunk_size(schedules)
         outputs: list[list[Tensor]] = [[] for _ in schedules]
         for start in range(0, n, size):
             index = torch.arange(start, min(n, start + size), device=schedules[0].reference.device)
             chunk = [s.select(index) if size < n else s for s in schedules]
-            cache = shared if shared is not None else self._build_cache(*_cache_needs(chunk))
-            for i, logits in enumerate(self._run_chunk(chunk, cache)):
+            cache = shared if shared is not None else self._build_cache(*self._cache_needs(chunk, wanted))
+            for i, logits in enumerate(self._run_chunk(chunk, cache, wanted)):
                 outputs[i].append(logits)
         return [torch.cat(parts) for parts in outputs]
 
     @torch.no_grad()
-    def clean_logits(self, rows: Int[Tensor, "n"]) -> Float[Tensor, "n pos vocab"]:
-        """Logits of the unscrubbed model on ``rows``."""
+    def clean_logits(self, rows: Int[Tensor, "n"], positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
+        """Logits of the unscrubbed model on ``rows`` (NaN outside ``positions``, when given)."""
         size = self._clean_sub_batch()
         rows = rows.to(self.view.device)
-        return torch.cat([self.view.forward(self.tokens[rows[i : i + size]]) for i in range(0, len(rows), size)])
+        wanted = self._wanted(positions)
+        if len(wanted) == self.data.n_pos:
+            return torch.cat([self.view.forward(self.tokens[rows[i : i + size]]) for i in range(0, len(rows), size)])
+        pos = torch.tensor(wanted, dtype=torch.long, device=self.view.device)
+        out = self._nan_logits(len(rows))
+        for i in range(0, len(rows), size):
+            out[i : i + size, pos] = self.view.forward(self.tokens[rows[i : i + size]], positions=pos)
+        return out
 
     def chunk_size(self, schedules: Sequence[Schedule]) -> int:
         """Reference rows per chunk so that one chunk's node values stay within the memory budget."""
@@ -208,8 +139,47 @@ class BatchedEngine:
         per_row *= self.view.dtype.itemsize
         return max(1, min(schedules[0].n_rows, int(self.memory_budget_mb * 2**20 * 0.3 // per_row)))
 
-    def _cache_bytes(self, n_keys: int, n_rows: int) -> float:
-        return float(n_keys) * n_rows * self.data.n_pos * self.view.config.d_model * self.view.dtype.itemsize
+    # ---- planning what to compute -------------------------------------------------------------
+
+    def _wanted(self, positions: Optional[Sequence[int]]) -> Positions:
+        n_pos = self.data.n_pos
+        if positions is None:
+            return tuple(range(n_pos))
+        wanted = tuple(sorted({int(t) for t in positions}))
+        if wanted and not (0 <= wanted[0] and wanted[-1] < n_pos):
+            raise ScheduleError(f"positions {list(wanted)} fall outside the dataset's 0..{n_pos - 1}")
+        return wanted
+
+    def _needed(self, schedules: Sequence[Schedule], wanted: Positions) -> dict[int, Positions]:
+        causal = self.view.config.causal
+        found: dict[int, Positions] = {}
+        for s in schedules:
+            found.update(node_positions(s.root, wanted, self.data.n_pos, causal))
+        return found
+
+    def _cache_needs(self, schedules: Sequence[Schedule], wanted: Positions) -> tuple[dict[Key, set[int]], Tensor]:
+        """The clean-pass quantities the schedules read, at which positions, and on which rows."""
+        needed = self._needed(schedules, wanted)
+        causal, n_pos = self.view.config.causal, self.data.n_pos
+        needs: dict[Key, set[int]] = defaultdict(set)
+        rows: list[Tensor] = [torch.zeros(0, dtype=torch.long, device=self.data.device)]
+        for s in schedules:
+            for node in s.root.walk():
+                at = needed.get(id(node))
+                if at is None or node.copies is not None:
+                    continue
+                if node.is_leaf:
+                    needs[output_key(node.component)].update(at)
+                    datum = node.datum
+                    rows.append(datum.flatten() if datum.ndim == 1 else datum[:, list(at)].flatten())
+                    continue
+                for read in port_positions(node.component, at, n_pos, causal).values():
+                    needs[port_key(node.component)].update(read)
+                for child in node.children:
+                    if id(child) in needed:
+                        needs[output_key(child.component)].update(needed[id(child)])
+                rows.append(node.other)
+        return dict(needs), torch.cat(rows)
 
     def _clean_sub_batch(self) -> int:
         """Rows per clean forward pass: it holds every layer's activations (and the per-head
@@ -220,103 +190,134 @@ class BatchedEngine:
         per_row = per_pos * self.data.n_pos * self.view.dtype.itemsize
         return max(1, int(self.memory_budget_mb * 2**20 * 0.1 // per_row))
 
-    def _build_cache(self, keys: set[Key], rows: Tensor) -> "_CleanCache":
-        return _CleanCache(self.view, self.tokens, rows.to(self.view.device), keys, self._clean_sub_batch())
+    def _build_cache(self, needs: dict[Key, set[int]], rows: Tensor) -> CleanCache:
+        return CleanCache(self.view, self.tokens, rows.to(self.view.device), needs, self._clean_sub_batch())
+
+    def _nan_logits(self, n: int) -> Tensor:
+        shape = (n, self.data.n_pos, self.view.config.d_vocab_out)
+        return torch.full(shape, float("nan"), dtype=self.view.dtype, device=self.view.device)
 
     # ---- one chunk ----------------------------------------------------------------------------
 
-    def _run_chunk(self, schedules: Sequence[Schedule], cache: "_CleanCache") -> list[Tensor]:
-        nodes = [node for s in schedules for node in _expanded(s.root)]
+    def _run_chunk(self, schedules: Sequence[Schedule], cache: CleanCache, wanted: Positions) -> list[Tensor]:
+        """Each schedule's logits on one chunk: every needed node at its needed positions."""
+        needed = self._needed(schedules, wanted)
+        nodes = [node for s in schedules for node in s.root.walk() if id(node) in needed]
         device = self.view.device
 
-        values: dict[int, Tensor] = {}
-        # leaves first: read straight from the cache
-        for node in nodes:
+        values: dict[int, Tensor] = {}  # id(node) -> [n, len(needed positions), d]
+        for node in nodes:  # leaves first: read straight from the cache
             if node.is_leaf:
-                values[id(node)] = cache.get(_output_key(node.component), node.datum.to(device))
-        # nodes with inputs, stage by stage; per-position wrappers right after their copies
-        pending = [n for n in nodes if not n.is_leaf and n.copies is None]
+                values[id(node)] = cache.get(output_key(node.component), node.datum.to(device), needed[id(node)])
         by_stage: dict[int, list[ScheduleNode]] = defaultdict(list)
-        for node in pending:
-            by_stage[_stage(node.component, self.n_layers)].append(node)
+        for node in nodes:
+            if not node.is_leaf and node.copies is None:
+                by_stage[_stage(node.component, self.n_layers)].append(node)
         wrappers = [n for n in nodes if n.copies is not None]
         for stage in sorted(by_stage):
-            self._evaluate_stage(by_stage[stage], cache, values)
+            self._evaluate_stage(by_stage[stage], cache, values, needed)
             for wrapper in wrappers:
                 if _stage(wrapper.component, self.n_layers) == stage:
-                    values[id(wrapper)] = _assemble_copies(wrapper, values)
-        return [values[id(s.root)] for s in schedules]
+                    values[id(wrapper)] = _assemble_copies(wrapper, values, needed)
+        out = []
+        pos = cache.positions_tensor(wanted) if wanted else None
+        for s in schedules:
+            if len(wanted) == self.data.n_pos:
+                out.append(values[id(s.root)])
+                continue
+            logits = self._nan_logits(s.n_rows)
+            if wanted:
+                logits[:, pos] = values[id(s.root)]
+            out.append(logits)
+        return out
 
-    def _evaluate_stage(self, nodes: list[ScheduleNode], cache: _CleanCache, values: dict[int, Tensor]) -> None:
-        """Evaluate nodes of one component kind and layer in one batched call."""
+    def _evaluate_stage(
+        self, nodes: list[ScheduleNode], cache: CleanCache, values: dict[int, Tensor], needed: dict[int, Positions]
+    ) -> None:
+        """Evaluate nodes of one component kind and layer in batched calls."""
         groups: dict[tuple, list[ScheduleNode]] = defaultdict(list)
         for node in nodes:
-            groups[type(node.component)].append(node)
-        for kind, group in groups.items():
-            inputs = [self._port_inputs(node, cache, values) for node in group]
-            sizes = [node.other.shape[0] for node in group]
+            kind = type(node.component)
+            # heads batch nodes with the same number of query positions; the rest flatten positions
+            groups[(kind, len(needed[id(node)]) if kind is Head else 0)].append(node)
+        for (kind, _), group in groups.items():
+            inputs = [self._port_inputs(node, cache, values, needed) for node in group]
             if kind is Head:
-                layer = group[0].component.layer
-                head_index = torch.cat(
-                    [torch.full((n,), node.component.head, dtype=torch.long) for n, node in zip(sizes, group)]
-                ).to(self.view.device)
-                q, k, v = (torch.cat([inp[p] for inp in inputs]) for p in ("q", "k", "v"))  # [sum n, p, d]
-                out = self.view.heads(layer, head_index, q, k, v)  # [sum n, p, d]
-            elif kind is MLP:
-                x = torch.cat([inp["in"] for inp in inputs])
-                out = self.view.mlp(group[0].component.layer, x)
-            elif kind is Output:
-                out = self.view.unembed(torch.cat([inp["in"] for inp in inputs]))  # [sum n, p, vocab]
+                outs = self._heads(group, inputs, needed)
+            elif kind in (MLP, Output):
+                outs = self._pointwise(kind, group, inputs)
             else:
                 raise ScheduleError(f"{kind.__name__} has no ports; it can only be a leaf")
-            for node, part in zip(group, torch.split(out, sizes)):
+            for node, part in zip(group, outs):
                 values[id(node)] = part
 
-    def _port_inputs(self, node: ScheduleNode, cache: _CleanCache, values: dict[int, Tensor]) -> dict[str, Tensor]:
-        """``resid_p(other) - sum_k out_k(other) + sum_k scrubbed_k`` for every port of ``node``."""
+    def _heads(self, group: list[ScheduleNode], inputs: list[dict[str, Tensor]], needed: dict[int, Positions]) -> list[Tensor]:
+        """One call of `ModelView.heads` for heads of one layer with as many query positions."""
+        device = self.view.device
+        layer = group[0].component.layer
+        n_keys = max(inp["k"].shape[1] for inp in inputs)
+        sizes = [inp["q"].shape[0] for inp in inputs]
+        head_index = torch.cat(
+            [torch.full((n,), node.component.head, dtype=torch.long) for n, node in zip(sizes, group)]
+        ).to(device)
+        q_pos = torch.cat(
+            [torch.tensor(needed[id(node)], dtype=torch.long).expand(n, -1) for n, node in zip(sizes, group)]
+        ).to(device)  # [sum n, q]
+        q = torch.cat([inp["q"] for inp in inputs])  # [sum n, q, d]
+        k, v = (torch.cat([_pad_positions(inp[p], n_keys) for inp in inputs]) for p in ("k", "v"))  # [sum n, keys, d]
+        out = self.view.heads(layer, head_index, q, k, v, q_positions=q_pos)  # [sum n, q, d]
+        return list(torch.split(out, sizes))
+
+    def _pointwise(self, kind: type, group: list[ScheduleNode], inputs: list[dict[str, Tensor]]) -> list[Tensor]:
+        """MLPs and the output act position by position: every (row, position) in one flat batch."""
+        shapes = [inp["in"].shape[:2] for inp in inputs]
+        flat = torch.cat([inp["in"].reshape(-1, 1, inp["in"].shape[-1]) for inp in inputs])  # [sum n*q, 1, d]
+        if kind is MLP:
+            out = self.view.mlp(group[0].component.layer, flat)  # [sum n*q, 1, d]
+        else:
+            out = self.view.unembed(flat)  # [sum n*q, 1, vocab]
+        parts = torch.split(out, [a * b for a, b in shapes])
+        return [part.reshape(a, b, -1) for part, (a, b) in zip(parts, shapes)]
+
+    def _port_inputs(
+        self, node: ScheduleNode, cache: CleanCache, values: dict[int, Tensor], needed: dict[int, Positions]
+    ) -> dict[str, Tensor]:
+        """``resid_p(other) - sum_k out_k(other) + sum_k scrubbed_k`` for every port of ``node``,
+        each at the positions that port is read (``[n, q_port, d]``)."""
         other = node.other.to(self.view.device)
-        resid = cache.get(_port_key(node.component), other)  # [n, p, d]
-        inputs = {port: resid for port in node.component.ports}
+        reads = port_positions(node.component, needed[id(node)], self.data.n_pos, self.view.config.causal)
+        resid: dict[Positions, Tensor] = {}
+        inputs: dict[str, Tensor] = {}
+        for port, read in reads.items():
+            if read not in resid:
+                resid[read] = cache.get(port_key(node.component), other, read)  # [n, q_port, d]
+            inputs[port] = resid[read]
         for child in node.children:
-            diff = values[id(child)] - cache.get(_output_key(child.component), other)  # [n, p, d]
-            if child.edge.positions is not None:
-                mask = torch.zeros(diff.shape[1], dtype=diff.dtype, device=diff.device)
-                mask[list(child.edge.positions)] = 1.0
-                diff = diff * mask[None, :, None]
-            inputs[child.edge.port] = inputs[child.edge.port] + diff
+            at_child = needed.get(id(child))
+            if at_child is None:
+                continue  # needed at no position this port reads
+            diff = values[id(child)] - cache.get(output_key(child.component), other, at_child)  # [n, q_child, d]
+            read = reads[child.edge.port]
+            if at_child == read:
+                inputs[child.edge.port] = inputs[child.edge.port] + diff
+            else:  # the child covers part of what the port reads (a position-restricted edge)
+                columns = cache.positions_tensor(tuple(read.index(t) for t in at_child))
+                inputs[child.edge.port] = inputs[child.edge.port].index_add(1, columns, diff)
         return inputs
-
-
-def _cache_needs(schedules: Sequence[Schedule]) -> tuple[set[Key], Tensor]:
-    """The clean-pass quantities the schedules read, and every dataset row they read them on."""
-    keys: set[Key] = set()
-    rows: list[Tensor] = []
-    for s in schedules:
-        for node in s.root.walk():
-            if node.is_leaf:
-                keys.add(_output_key(node.component))
-                rows.append(node.datum.flatten())
-            elif node.copies is None:
-                keys.add(_port_key(node.component))
-                keys.update(_output_key(child.component) for child in node.children)
-                rows.append(node.other)
-    return keys, torch.cat(rows)
-
-
-def _expanded(node: ScheduleNode):
-    """Every node, copies and wrappers included."""
-    return list(node.walk())
 
 
 def _count(node: ScheduleNode) -> int:
     return sum(1 for _ in node.walk())
 
 
-def _assemble_copies(wrapper: ScheduleNode, values: dict[int, Tensor]) -> Tensor:
-    """Position ``t`` of a per-position node comes from its copy for ``t``."""
-    first = values[id(next(iter(wrapper.copies.values())))]
-    out = torch.zeros_like(first)  # positions without a copy are never read by the parent
-    for t, copy in wrapper.copies.items():
-        out[:, t] = values[id(copy)][:, t]
-    return out
+def _pad_positions(x: Tensor, n: int) -> Tensor:
+    """``x [b, p, d]`` padded with zeros to ``n`` positions (keys a causal query never sees)."""
+    if x.shape[1] == n:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], n - x.shape[1], x.shape[2])], dim=1)
 
+
+def _assemble_copies(wrapper: ScheduleNode, values: dict[int, Tensor], needed: dict[int, Positions]) -> Tensor:
+    """Position ``t`` of a per-position node comes from its copy for ``t`` (needed at ``t`` only)."""
+    parts = [values[id(wrapper.copies[t])] for t in needed[id(wrapper)]]  # each [n, 1, d]
+    return torch.cat(parts, dim=1)  # [n, q, d]

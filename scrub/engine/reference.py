@@ -15,7 +15,7 @@ A leaf runs its whole upstream on its own datum (per position: position ``t`` on
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from jaxtyping import Float
@@ -67,20 +67,24 @@ class ReferenceEngine:
     # ---- public -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def run(self, schedule: Schedule) -> Float[Tensor, "n pos vocab"]:
-        """Logits of the scrubbed model for every reference row of ``schedule``."""
+    def run(self, schedule: Schedule, positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
+        """Logits of the scrubbed model for every reference row of ``schedule``.
+
+        ``positions``: the output positions asked for; the logits elsewhere are NaN, as the
+        batched engine gives them (this engine computes every position regardless).
+        """
         if schedule.dataset is not self.data:
             raise ScheduleError(
                 f"schedule {schedule.hypothesis!r} was planned on dataset {schedule.dataset.name!r}, "
                 f"not on the dataset this engine was built for ({self.data.name!r})"
             )
         with per_head_hooks(self.model):
-            return self._value(schedule.root)
+            return _only(self._value(schedule.root), positions)
 
     @torch.no_grad()
-    def clean_logits(self, rows: Tensor) -> Float[Tensor, "n pos vocab"]:
-        """Logits of the unscrubbed model on ``rows``."""
-        return self.model(self.tokens[rows.to(self.device)])
+    def clean_logits(self, rows: Tensor, positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
+        """Logits of the unscrubbed model on ``rows`` (NaN outside ``positions``, when given)."""
+        return _only(self.model(self.tokens[rows.to(self.device)]), positions)
 
     # ---- tree evaluation ----------------------------------------------------------------------
 
@@ -161,6 +165,15 @@ class ReferenceEngine:
 
     def _read_hook(self, component: Component) -> str:
         return "logits" if isinstance(component, Output) else hooks.output_of(component)
+
+
+def _only(logits: Tensor, positions: Optional[Sequence[int]]) -> Tensor:
+    """``logits [n, pos, vocab]`` with every position outside ``positions`` set to NaN."""
+    if positions is None:
+        return logits
+    keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    keep[list(positions)] = True
+    return logits.masked_fill(~keep[None, :, None], float("nan"))
 
 
 def _select(component: Component, value: Tensor) -> Tensor:

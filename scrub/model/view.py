@@ -45,7 +45,7 @@ class CleanPass:
         head_out: per layer, every head's output without ``b_O`` ``[b, p, n_heads, d_model]``.
         mlp_out: per layer, the MLP's output (``None`` if attention-only).
         resid_final: the residual stream the output reads ``[b, p, d_model]``.
-        logits: ``[b, p, d_vocab_out]``.
+        logits: ``[b, p, d_vocab_out]`` (``None`` when the pass was asked not to unembed).
     """
 
     embed: Float[Tensor, "b p d"]
@@ -55,7 +55,7 @@ class CleanPass:
     head_out: tuple[Float[Tensor, "b p h d"], ...]
     mlp_out: Optional[tuple[Float[Tensor, "b p d"], ...]]
     resid_final: Float[Tensor, "b p d"]
-    logits: Float[Tensor, "b p v"]
+    logits: Optional[Float[Tensor, "b p v"]]
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
@@ -263,25 +263,39 @@ class ModelView:
         q_in: Tensor,
         k_in: Tensor,
         v_in: Tensor,
+        q_pos: Optional[Tensor] = None,
     ) -> Tensor:
         """Attention of layer ``layer`` for the heads selected by ``heads`` (an index of dim 1).
 
         ``heads`` selects from the layer's ``[H, ...]`` weights: a ``[b, 1]`` integer tensor
-        gives each row its own head; ``slice(None)`` gives every head. Returns
-        ``[b, h, p, d_model]`` (``h`` = 1 or ``H``), without ``b_O``.
+        gives each row its own head; ``slice(None)`` gives every head. Keys and values sit at
+        positions ``0..pk-1``; queries at ``q_pos`` (``[pq]`` or ``[b, pq]``; default
+        ``0..pk-1``). Returns ``[b, h, pq, d_model]`` (``h`` = 1 or ``H``), without ``b_O``.
         """
-        if not (q_in.shape == k_in.shape == v_in.shape) or q_in.ndim != 3:
+        if k_in.shape != v_in.shape or q_in.ndim != 3 or k_in.ndim != 3 or q_in.shape[0] != k_in.shape[0]:
             raise ScheduleError(
-                f"head inputs must share one shape [batch, pos, d_model]; got "
+                f"head inputs must be [batch, pos, d_model] with k and v of one shape; got "
                 f"q {tuple(q_in.shape)}, k {tuple(k_in.shape)}, v {tuple(v_in.shape)}"
             )
-        if q_in.shape[-1] != self.config.d_model:
+        if q_in.shape[-1] != self.config.d_model or k_in.shape[-1] != self.config.d_model:
             raise ScheduleError(
                 f"head inputs must have d_model={self.config.d_model} features, "
-                f"got {q_in.shape[-1]}"
+                f"got {q_in.shape[-1]} (q) and {k_in.shape[-1]} (k, v)"
             )
-        n_pos = q_in.shape[1]
-        self._check_positions(n_pos)
+        n_keys = k_in.shape[1]
+        self._check_positions(n_keys)
+        if q_pos is None:
+            if q_in.shape[1] != n_keys:
+                raise ScheduleError(
+                    f"q has {q_in.shape[1]} positions and k/v {n_keys}: pass q_positions to say "
+                    f"where the queries sit"
+                )
+            q_pos = torch.arange(n_keys, device=self.device)  # [pq]
+        q_pos = torch.as_tensor(q_pos, dtype=torch.long, device=self.device)
+        if q_pos.shape[-1] != q_in.shape[1] or q_pos.ndim not in (1, 2):
+            raise ScheduleError(
+                f"q_positions must be [pq] or [batch, pq] with pq={q_in.shape[1]}, got {tuple(q_pos.shape)}"
+            )
         # Weights of the selected heads, with a leading row axis r (1 or b) to broadcast over.
         W_Q = self.W_Q[layer][heads]  # [r, h, d_model, d_head]
         W_K = self.W_K[layer][heads]  # [r, h, d_model, d_head]
@@ -295,25 +309,27 @@ class ModelView:
             b_Q, b_K, b_V = b_Q[None], b_K[None], b_V[None]
 
         # ln1 on each input separately, as TransformerLens does with split q/k/v inputs.
-        q_n = self._ln1(layer, q_in)  # [b, p, d_model]
-        k_n = self._ln1(layer, k_in)  # [b, p, d_model]
-        v_n = self._ln1(layer, v_in)  # [b, p, d_model]
+        q_n = self._ln1(layer, q_in)  # [b, pq, d_model]
+        k_n = self._ln1(layer, k_in)  # [b, pk, d_model]
+        v_n = self._ln1(layer, v_in)  # [b, pk, d_model]
         if self.config.positional == "shortformer":
-            pos = self.W_pos[:n_pos]  # [p, d_model]
-            q_n = q_n + pos
-            k_n = k_n + pos
+            q_n = q_n + self.W_pos[q_pos]  # [b, pq, d_model]
+            k_n = k_n + self.W_pos[:n_keys]  # [b, pk, d_model]
 
-        q = q_n[:, None] @ W_Q + b_Q  # [b, h, p, d_head]
-        k = k_n[:, None] @ W_K + b_K  # [b, h, p, d_head]
-        v = v_n[:, None] @ W_V + b_V  # [b, h, p, d_head]
-        scores = q @ k.transpose(-1, -2) / self.config.layer_attn_scales[layer]  # [b, h, q, k]
+        q = q_n[:, None] @ W_Q + b_Q  # [b, h, pq, d_head]
+        k = k_n[:, None] @ W_K + b_K  # [b, h, pk, d_head]
+        v = v_n[:, None] @ W_V + b_V  # [b, h, pk, d_head]
+        scores = q @ k.transpose(-1, -2) / self.config.layer_attn_scales[layer]  # [b, h, pq, pk]
         if self.config.causal:
-            allowed = torch.ones(n_pos, n_pos, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~allowed, float("-inf"))  # [b, h, q, k]
-        pattern = F.softmax(scores, dim=-1)  # [b, h, q, k]
+            keys = torch.arange(n_keys, device=scores.device)
+            allowed = keys <= q_pos[..., None]  # [pq, pk] or [b, pq, pk]
+            if allowed.ndim == 3:
+                allowed = allowed[:, None]  # [b, 1, pq, pk]
+            scores = scores.masked_fill(~allowed, float("-inf"))  # [b, h, pq, pk]
+        pattern = F.softmax(scores, dim=-1)  # [b, h, pq, pk]
         pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-        z = pattern @ v  # [b, h, p, d_head]
-        return z @ W_O  # [b, h, p, d_model]
+        z = pattern @ v  # [b, h, pq, d_head]
+        return z @ W_O  # [b, h, pq, d_model]
 
     # ------------------------------------------------------------------------------ components
 
@@ -343,7 +359,8 @@ class ModelView:
         q_in: Float[Tensor, "b p d"],
         k_in: Float[Tensor, "b p d"],
         v_in: Float[Tensor, "b p d"],
-    ) -> Float[Tensor, "b p d"]:
+        q_positions: Optional[Int[Tensor, "b q"]] = None,
+    ) -> Float[Tensor, "b q d"]:
         """Output of head ``head_index[i]`` of ``layer`` for row ``i``, given its port inputs.
 
         ``q_in``, ``k_in`` and ``v_in`` are residual-stream values (before ``ln1``) at the head's
@@ -353,8 +370,15 @@ class ModelView:
         ``hook_result[:, :, h]`` when its ``hook_q_input``/``hook_k_input``/``hook_v_input`` hold
         these inputs at head ``h``.
 
-        Each row gathers its own head's weights (``4 * b * d_model * d_head`` numbers); chunk
-        very large batches. Checking ``head_index``'s range reads two numbers from the device.
+        By default q, k and v cover the same positions ``0..p-1``. With ``q_positions``
+        (``[q]``, or ``[b, q]`` for a position set per row) ``q_in`` holds the query inputs at
+        those positions only, ``k_in`` and ``v_in`` the key/value inputs at ``0..p-1``, and the
+        result is the head's output at the query positions, ``[b, q, d_model]``. For a causal
+        model ``k_in``/``v_in`` need only reach the last query position; keys past a row's
+        query are masked, so what they hold there does not matter.
+
+        Rows are grouped by head, one batched call per head used. Checking ``head_index``'s
+        range reads two numbers from the device.
         """
         layer = self._layer(layer)
         head_index = torch.as_tensor(head_index, device=self.device)
@@ -373,14 +397,17 @@ class ModelView:
                 f"(layer {layer} has {self.config.n_heads} heads)"
             )
         unique = torch.unique(head_index)
+        q_pos = q_positions
         if len(unique) == 1:  # one head: its weights broadcast over every row
             h = int(unique[0])
-            return self._attend(layer, slice(h, h + 1), q_in, k_in, v_in)[:, 0]  # [b, p, d_model]
+            return self._attend(layer, slice(h, h + 1), q_in, k_in, v_in, q_pos)[:, 0]  # [b, q, d_model]
         # several heads: one call per head on the rows that use it
-        out = q_in.new_empty(q_in.shape)  # [b, p, d_model]
+        per_row = q_pos is not None and torch.as_tensor(q_pos).ndim == 2
+        out = q_in.new_empty(q_in.shape)  # [b, q, d_model]
         for h in unique.tolist():
             rows = (head_index == h).nonzero().flatten()
-            out[rows] = self._attend(layer, slice(h, h + 1), q_in[rows], k_in[rows], v_in[rows])[:, 0]
+            pos = q_pos[rows] if per_row else q_pos
+            out[rows] = self._attend(layer, slice(h, h + 1), q_in[rows], k_in[rows], v_in[rows], pos)[:, 0]
         return out
 
     def all_heads(
@@ -429,7 +456,7 @@ class ModelView:
 
     # ----------------------------------------------------------------------------- full passes
 
-    def _run(self, tokens: Tensor, keep: bool) -> "CleanPass | Tensor":
+    def _run(self, tokens: Tensor, keep: bool, logits: bool = True, positions: Optional[Tensor] = None) -> "CleanPass | Tensor":
         c = self.config
         embed = self.embed(tokens)  # [b, p, d_model]
         n_rows, n_pos = tokens.shape
@@ -452,9 +479,10 @@ class ModelView:
                     resid_mid.append(resid)
                     mlp_out.append(out)
                 resid = resid + out  # [b, p, d_model]
-        logits = self.unembed(resid)  # [b, p, d_vocab_out]
+        final = resid if positions is None else resid[:, positions]  # [b, q, d_model]
+        out_logits = self.unembed(final) if logits else None  # [b, q, d_vocab_out]
         if not keep:
-            return logits
+            return out_logits
         return CleanPass(
             embed=embed,
             pos=pos,
@@ -463,18 +491,20 @@ class ModelView:
             head_out=tuple(head_out),
             mlp_out=None if c.attn_only else tuple(mlp_out),
             resid_final=resid,
-            logits=logits,
+            logits=out_logits,
         )
 
-    def clean_pass(self, tokens: Int[Tensor, "b p"]) -> CleanPass:
-        """One forward pass over ``tokens`` keeping every component output and port input."""
-        result = self._run(tokens, keep=True)
+    def clean_pass(self, tokens: Int[Tensor, "b p"], *, logits: bool = True) -> CleanPass:
+        """One forward pass over ``tokens`` keeping every component output and port input
+        (``logits=False``: skip the unembedding; `CleanPass.logits` is then ``None``)."""
+        result = self._run(tokens, keep=True, logits=logits)
         assert isinstance(result, CleanPass)
         return result
 
-    def forward(self, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "b p v"]:
-        """Logits, assembled only from the component functions summed into the residual stream."""
-        result = self._run(tokens, keep=False)
+    def forward(self, tokens: Int[Tensor, "b p"], positions: Optional[Int[Tensor, "q"]] = None) -> Float[Tensor, "b q v"]:
+        """Logits, assembled only from the component functions summed into the residual stream
+        (at ``positions`` only, ``[b, q, vocab]``, when given)."""
+        result = self._run(tokens, keep=False, positions=positions)
         assert isinstance(result, Tensor)
         return result
 

@@ -1,0 +1,145 @@
+"""The batched engine's clean cache: clean-pass quantities on the rows and positions schedules read.
+
+Keys name what is stored: ``("resid_pre", l)``, ``("resid_mid", l)`` and ``("final",)`` are the
+residual stream at the ports of heads, MLPs and the output; ``("head", l, h)`` and
+``("mlp", l)`` are component outputs; ``("embed",)`` and ``("pos",)`` are never stored (they are
+read from the weights for the rows asked for). Each key keeps only the positions some read of
+it needs, so a key read at the scored positions alone costs a fraction of a full table.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from scrub.components import MLP, Component, Embed, Head, Output, PosEmbed
+from scrub.errors import ScheduleError
+from scrub.model import CleanPass, ModelView
+
+__all__ = ["Key", "CleanCache", "output_key", "port_key", "COMPUTED"]
+
+Key = tuple
+COMPUTED = {("embed",), ("pos",)}  # read from the weights directly, never cached
+
+
+def output_key(component: Component) -> Key:
+    """The key of what ``component`` writes into the residual stream."""
+    if isinstance(component, Head):
+        return ("head", component.layer, component.head)
+    if isinstance(component, MLP):
+        return ("mlp", component.layer)
+    if isinstance(component, Embed):
+        return ("embed",)
+    if isinstance(component, PosEmbed):
+        return ("pos",)
+    raise ScheduleError(f"{component} writes nothing into the residual stream")
+
+
+def port_key(component: Component) -> Key:
+    """The key of the residual stream ``component`` reads through its ports."""
+    if isinstance(component, Head):
+        return ("resid_pre", component.layer)
+    if isinstance(component, MLP):
+        return ("resid_mid", component.layer)
+    if isinstance(component, Output):
+        return ("final",)
+    raise ScheduleError(f"{component} has no ports")
+
+
+def _read(clean: CleanPass, key: Key) -> Tensor:
+    """One cached quantity ``[b, p, d]`` out of a full clean pass."""
+    kind = key[0]
+    if kind == "head":
+        return clean.head_out[key[1]][:, :, key[2]]
+    if kind == "mlp":
+        return clean.mlp_out[key[1]]
+    if kind == "resid_pre":
+        return clean.resid_pre[key[1]]
+    if kind == "resid_mid":
+        return clean.resid_mid[key[1]]
+    return clean.resid_final
+
+
+def cache_bytes(view: ModelView, needs: Mapping[Key, set[int]], n_rows: int) -> float:
+    """Bytes the stored tables of ``needs`` take on ``n_rows`` rows."""
+    cells = sum(len(pos) for key, pos in needs.items() if key not in COMPUTED)
+    return float(cells) * n_rows * view.config.d_model * view.dtype.itemsize
+
+
+class CleanCache:
+    """Clean-pass quantities for the rows some schedules read: only the keys and positions they need.
+
+    The tables are preallocated and filled sub-batch by sub-batch, so building the cache never
+    holds more than the tables plus one sub-batch's clean pass.
+
+    Args:
+        view: the model.
+        tokens: every row of the dataset ``[N, p]``.
+        rows: dataset rows to cache (any order, repeats allowed).
+        needs: key -> positions read.
+        sub_batch: rows per clean forward pass.
+    """
+
+    def __init__(self, view: ModelView, tokens: Tensor, rows: Tensor, needs: Mapping[Key, set[int]], sub_batch: int) -> None:
+        self.view, self.tokens = view, tokens
+        self.rows = torch.unique(rows)  # [u] sorted dataset rows
+        n_pos, d, device = tokens.shape[1], view.config.d_model, view.device
+        stored = sorted(key for key in needs if key not in COMPUTED)
+        self.stored_positions: dict[Key, frozenset[int]] = {}
+        self.positions: dict[Key, Tensor] = {}  # key -> [p_key] stored positions, sorted
+        self.column: dict[Key, Tensor] = {}  # key -> [n_pos] column of each position (-1: absent)
+        self.values: dict[Key, Tensor] = {}  # key -> [u, p_key, d]
+        self._index_of: dict[tuple[int, ...], Tensor] = {}
+        for key in stored:
+            pos = torch.tensor(sorted(needs[key]), dtype=torch.long, device=device)
+            column = torch.full((n_pos,), -1, dtype=torch.long, device=device)
+            column[pos] = torch.arange(len(pos), device=device)
+            self.stored_positions[key] = frozenset(needs[key])
+            self.positions[key], self.column[key] = pos, column
+            self.values[key] = torch.empty(len(self.rows), len(pos), d, dtype=view.dtype, device=device)
+        for start in range(0, len(self.rows) if stored else 0, sub_batch):
+            clean = view.clean_pass(tokens[self.rows[start : start + sub_batch]], logits=False)
+            for key in stored:
+                self.values[key][start : start + sub_batch] = _read(clean, key)[:, self.positions[key]]
+
+    def index(self, rows: Tensor) -> Tensor:
+        """Positions of dataset ``rows`` in the cache."""
+        return torch.searchsorted(self.rows, rows.contiguous())
+
+    def positions_tensor(self, positions: tuple[int, ...]) -> Tensor:
+        """``positions`` as a long tensor on the device (memoised: the same few sets recur)."""
+        found = self._index_of.get(positions)
+        if found is None:
+            found = self._index_of[positions] = torch.tensor(positions, dtype=torch.long, device=self.view.device)
+        return found
+
+    def get(self, key: Key, rows: Tensor, positions: tuple[int, ...]) -> Float[Tensor, "n q d"]:
+        """``key`` at ``positions`` (sorted) on ``rows``: ``[n, q, d]``.
+
+        ``[n]`` rows give row ``i`` at every position; ``[n, p]`` rows (a per-position datum over
+        every position of the dataset) take position ``t`` from row ``rows[i, t]``.
+        """
+        pos = self.positions_tensor(positions)  # [q]
+        if rows.ndim == 2:
+            rows = rows[:, pos]  # [n, q]: the row read at each asked position
+        if key in COMPUTED:
+            n, d = rows.shape[0], self.view.config.d_model
+            if key == ("pos",):  # the same in every row; shortformer positions are not in the residual
+                if self.view.config.positional == "standard":
+                    return self.view.W_pos[pos].expand(n, len(positions), d)
+                return torch.zeros(n, len(positions), d, dtype=self.view.dtype, device=self.view.device)
+            toks = self.tokens[rows[:, None], pos] if rows.ndim == 1 else self.tokens[rows, pos]  # [n, q]
+            return self.view.W_E[toks]  # [n, q, d]
+        if not self.stored_positions[key].issuperset(positions):
+            raise ScheduleError(
+                f"internal: the clean cache holds {key} at {sorted(self.stored_positions[key])}, "
+                f"not at {list(positions)}; please report this"
+            )
+        column = self.column[key][pos]  # [q]
+        idx = self.index(rows)  # [n] or [n, q]
+        if rows.ndim == 1:
+            return self.values[key][idx[:, None], column]  # [n, q, d]
+        return self.values[key][idx, column]  # [n, q, d]
