@@ -267,10 +267,12 @@ class ModelView:
     ) -> Tensor:
         """Attention of layer ``layer`` for the heads selected by ``heads`` (an index of dim 1).
 
-        ``heads`` selects from the layer's ``[H, ...]`` weights: a ``[b, 1]`` integer tensor
-        gives each row its own head; ``slice(None)`` gives every head. Keys and values sit at
+        ``heads`` is a slice of the layer's heads (``slice(h, h + 1)``: head ``h``;
+        ``slice(None)``: every head). The q, k and v projections are one matmul each over the
+        selected heads, attention is `F.scaled_dot_product_attention`. Keys and values sit at
         positions ``0..pk-1``; queries at ``q_pos`` (``[pq]`` or ``[b, pq]``; default
-        ``0..pk-1``). Returns ``[b, h, pq, d_model]`` (``h`` = 1 or ``H``), without ``b_O``.
+        ``0..pk-1``). Returns ``z``, the heads' mixed values before ``W_O``: ``[b, h, pq, d_head]``
+        (``h`` = 1 or ``H``).
         """
         if k_in.shape != v_in.shape or q_in.ndim != 3 or k_in.ndim != 3 or q_in.shape[0] != k_in.shape[0]:
             raise ScheduleError(
@@ -296,40 +298,38 @@ class ModelView:
             raise ScheduleError(
                 f"q_positions must be [pq] or [batch, pq] with pq={q_in.shape[1]}, got {tuple(q_pos.shape)}"
             )
-        # Weights of the selected heads, with a leading row axis r (1 or b) to broadcast over.
-        W_Q = self.W_Q[layer][heads]  # [r, h, d_model, d_head]
-        W_K = self.W_K[layer][heads]  # [r, h, d_model, d_head]
-        W_V = self.W_V[layer][heads]  # [r, h, d_model, d_head]
-        W_O = self.W_O[layer][heads]  # [r, h, d_head, d_model]
-        b_Q = self.b_Q[layer][heads][..., None, :]  # [r, h, 1, d_head]
-        b_K = self.b_K[layer][heads][..., None, :]  # [r, h, 1, d_head]
-        b_V = self.b_V[layer][heads][..., None, :]  # [r, h, 1, d_head]
-        if W_Q.ndim == 3:  # every head: add the row axis
-            W_Q, W_K, W_V, W_O = W_Q[None], W_K[None], W_V[None], W_O[None]
-            b_Q, b_K, b_V = b_Q[None], b_K[None], b_V[None]
+        hs = range(self.config.n_heads)[heads]  # the selected heads
+        n_h, e = len(hs), self.config.d_head
 
-        # ln1 on each input separately, as TransformerLens does with split q/k/v inputs.
-        q_n = self._ln1(layer, q_in)  # [b, pq, d_model]
+        def project(x: Tensor, W: Tensor, bias: Tensor) -> Tensor:  # [b, p, d] -> [b, h, p, e]
+            W = W[layer, heads].permute(1, 0, 2).reshape(self.config.d_model, n_h * e)  # [d, h*e]
+            y = x @ W + bias[layer, heads].reshape(n_h * e)  # [b, p, h*e]
+            return y.unflatten(-1, (n_h, e)).transpose(1, 2)  # [b, h, p, e]
+
+        # ln1 on each input separately, as TransformerLens does with split q/k/v inputs
+        # (computed once when they are one tensor, as in a clean pass).
         k_n = self._ln1(layer, k_in)  # [b, pk, d_model]
-        v_n = self._ln1(layer, v_in)  # [b, pk, d_model]
+        v_n = k_n if v_in is k_in else self._ln1(layer, v_in)  # [b, pk, d_model]
+        q_n = k_n if q_in is k_in else self._ln1(layer, q_in)  # [b, pq, d_model]
         if self.config.positional == "shortformer":
             q_n = q_n + self.W_pos[q_pos]  # [b, pq, d_model]
             k_n = k_n + self.W_pos[:n_keys]  # [b, pk, d_model]
-
-        q = q_n[:, None] @ W_Q + b_Q  # [b, h, pq, d_head]
-        k = k_n[:, None] @ W_K + b_K  # [b, h, pk, d_head]
-        v = v_n[:, None] @ W_V + b_V  # [b, h, pk, d_head]
-        scores = q @ k.transpose(-1, -2) / self.config.layer_attn_scales[layer]  # [b, h, pq, pk]
+        q = project(q_n, self.W_Q, self.b_Q)  # [b, h, pq, e]
+        k = project(k_n, self.W_K, self.b_K)  # [b, h, pk, e]
+        v = project(v_n, self.W_V, self.b_V)  # [b, h, pk, e]
+        mask = None
         if self.config.causal:
-            keys = torch.arange(n_keys, device=scores.device)
-            allowed = keys <= q_pos[..., None]  # [pq, pk] or [b, pq, pk]
-            if allowed.ndim == 3:
-                allowed = allowed[:, None]  # [b, 1, pq, pk]
-            scores = scores.masked_fill(~allowed, float("-inf"))  # [b, h, pq, pk]
-        pattern = F.softmax(scores, dim=-1)  # [b, h, pq, pk]
-        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern)
-        z = pattern @ v  # [b, h, pq, d_head]
-        return z @ W_O  # [b, h, pq, d_model]
+            mask = torch.arange(n_keys, device=self.device) <= q_pos[..., None]  # [pq, pk] or [b, pq, pk]
+            if mask.ndim == 3:
+                mask = mask[:, None]  # [b, 1, pq, pk]
+        scale = 1.0 / float(self.config.layer_attn_scales[layer])
+        # every query sees at least key 0, so no softmax row is empty
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [b, h, pq, e]
+        return z
+
+    def _per_head_out(self, layer: int, heads: Any, z: Tensor) -> Tensor:
+        """``z [b, h, p, e]`` through each selected head's ``W_O``: ``[b, p, h, d_model]``."""
+        return torch.einsum("bhpe,hed->bphd", z, self.W_O[layer, heads])  # [b, p, h, d_model]
 
     # ------------------------------------------------------------------------------ components
 
@@ -400,14 +400,16 @@ class ModelView:
         q_pos = q_positions
         if len(unique) == 1:  # one head: its weights broadcast over every row
             h = int(unique[0])
-            return self._attend(layer, slice(h, h + 1), q_in, k_in, v_in, q_pos)[:, 0]  # [b, q, d_model]
+            z = self._attend(layer, slice(h, h + 1), q_in, k_in, v_in, q_pos)  # [b, 1, q, e]
+            return z[:, 0] @ self.W_O[layer, h]  # [b, q, d_model]
         # several heads: one call per head on the rows that use it
         per_row = q_pos is not None and torch.as_tensor(q_pos).ndim == 2
         out = q_in.new_empty(q_in.shape)  # [b, q, d_model]
         for h in unique.tolist():
             rows = (head_index == h).nonzero().flatten()
             pos = q_pos[rows] if per_row else q_pos
-            out[rows] = self._attend(layer, slice(h, h + 1), q_in[rows], k_in[rows], v_in[rows], pos)[:, 0]
+            z = self._attend(layer, slice(h, h + 1), q_in[rows], k_in[rows], v_in[rows], pos)  # [r, 1, q, e]
+            out[rows] = z[:, 0] @ self.W_O[layer, h]  # [r, q, d_model]
         return out
 
     def all_heads(
@@ -423,8 +425,8 @@ class ModelView:
         code computes both.
         """
         layer = self._layer(layer)
-        out = self._attend(layer, slice(None), q_in, k_in, v_in)  # [b, H, p, d_model]
-        return out.permute(0, 2, 1, 3)  # [b, p, H, d_model]
+        z = self._attend(layer, slice(None), q_in, k_in, v_in)  # [b, H, p, e]
+        return self._per_head_out(layer, slice(None), z)  # [b, p, H, d_model]
 
     def attn_bias(self, layer: int) -> Float[Tensor, "d"]:
         """``b_O`` of ``layer``: added once to the residual stream, not part of any head."""
@@ -468,11 +470,15 @@ class ModelView:
         resid = embed + pos  # [b, p, d_model]
         resid_pre, resid_mid, head_out, mlp_out = [], [], [], []
         for layer in range(c.n_layers):
-            heads = self.all_heads(layer, resid, resid, resid)  # [b, p, H, d_model]
+            z = self._attend(layer, slice(None), resid, resid, resid)  # [b, H, p, e]
             if keep:
+                heads = self._per_head_out(layer, slice(None), z)  # [b, p, H, d_model]
                 resid_pre.append(resid)
                 head_out.append(heads)
-            resid = resid + (heads.sum(2) + self.attn_bias(layer))  # [b, p, d_model]
+                attn = heads.sum(2)  # [b, p, d_model]
+            else:  # every head's W_O in one matmul: the sum over heads, without the per-head outputs
+                attn = z.transpose(1, 2).flatten(2) @ self.W_O[layer].flatten(0, 1)  # [b, p, d_model]
+            resid = resid + (attn + self.attn_bias(layer))  # [b, p, d_model]
             if not c.attn_only:
                 out = self.mlp(layer, resid)  # [b, p, d_model]
                 if keep:
