@@ -80,6 +80,16 @@ def check_data_fits(model, data: Dataset) -> None:
         )
 
 
+def at_every_position(logits: Tensor, positions: Optional[Sequence[int]], n_pos: int) -> Tensor:
+    """Logits computed at ``positions`` only (``[n, q, vocab]``) laid out at every position
+    (``[n, n_pos, vocab]``), NaN where they were not computed; as they are when ``positions`` is None."""
+    if positions is None:
+        return logits
+    full = logits.new_full((logits.shape[0], n_pos, logits.shape[2]), float("nan"))
+    full[:, list(positions)] = logits
+    return full
+
+
 def run_schedules(engine, schedules: Sequence[Schedule], metric: Metric, batch_size: Optional[int]) -> list[Tensor]:
     """Per-row metric values ``[n]`` for each schedule, in chunks of ``batch_size`` reference rows."""
     data = engine.data
@@ -91,13 +101,15 @@ def run_schedules(engine, schedules: Sequence[Schedule], metric: Metric, batch_s
         chunk = [s.select(rows) for s in schedules]
         batch = data.rows(chunk[0].reference)
         positions = metric.positions(batch)  # None: the metric reads every position
-        clean = engine.clean_logits(chunk[0].reference, positions) if metric.needs_clean else None
+        clean = None
+        if metric.needs_clean:
+            clean = at_every_position(engine.clean_logits(chunk[0].reference, positions), positions, data.n_pos)
         if hasattr(engine, "run_many"):
             logits = engine.run_many(chunk, positions=positions)
         else:
             logits = [engine.run(s, positions=positions) for s in chunk]
         for i, lg in enumerate(logits):
-            out[i].append(metric(lg, batch, clean).cpu())
+            out[i].append(metric(at_every_position(lg, positions, data.n_pos), batch, clean).cpu())
     return [torch.cat(parts) for parts in out]
 
 
@@ -222,7 +234,8 @@ def _model_values(engine, data: Dataset, reference: Tensor, metric: Metric, batc
     for start in range(0, len(reference), size):
         rows = reference[start : start + size]
         batch = data.rows(rows)
-        logits = engine.clean_logits(rows, metric.positions(batch))
+        positions = metric.positions(batch)
+        logits = at_every_position(engine.clean_logits(rows, positions), positions, data.n_pos)
         parts.append(metric(logits, batch, logits).cpu())
     return torch.cat(parts)
 

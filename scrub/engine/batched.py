@@ -69,22 +69,22 @@ class BatchedEngine:
     # ---- public -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def run(self, schedule: Schedule, positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
+    def run(self, schedule: Schedule, positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n q vocab"]:
         """Logits of the scrubbed model for every reference row of ``schedule`` (see `run_many`)."""
         return self.run_many([schedule], positions=positions)[0]
 
     @torch.no_grad()
     def run_many(
         self, schedules: Sequence[Schedule], positions: Optional[Sequence[int]] = None
-    ) -> list[Float[Tensor, "n pos vocab"]]:
+    ) -> list[Float[Tensor, "n q vocab"]]:
         """Logits ``[n, pos, vocab]`` for each schedule; all share one clean pass per chunk of rows.
 
         Args:
             schedules: schedules planned on this engine's dataset, with the same number of
                 reference rows.
             positions: the output positions whose logits are wanted (default: every position).
-                Only what those logits depend on is computed (see `scrub.engine.positions`);
-                the logits at other positions are NaN.
+                Only what those logits depend on is computed (see `scrub.engine.positions`),
+                and each result is ``[n, q, vocab]``: the logits at those positions, sorted.
         """
         if not schedules:
             return []
@@ -105,7 +105,7 @@ class BatchedEngine:
         shared = None
         if cache_bytes(self.view, needs, len(torch.unique(rows))) <= self.memory_budget_mb * 2**20 * 0.6:
             shared = self._build_cache(needs, rows)  # one clean pass for every chunk
-        size = self.chunk_size(schedules)
+        size = self.chunk_size(schedules, wanted)
         outputs: list[list[Tensor]] = [[] for _ in schedules]
         for start in range(0, n, size):
             index = torch.arange(start, min(n, start + size), device=schedules[0].reference.device)
@@ -116,26 +116,24 @@ class BatchedEngine:
         return [torch.cat(parts) for parts in outputs]
 
     @torch.no_grad()
-    def clean_logits(self, rows: Int[Tensor, "n"], positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
-        """Logits of the unscrubbed model on ``rows`` (NaN outside ``positions``, when given)."""
+    def clean_logits(self, rows: Int[Tensor, "n"], positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n q vocab"]:
+        """Logits of the unscrubbed model on ``rows`` (only at ``positions``, sorted, when given)."""
         size = self._clean_sub_batch()
         rows = rows.to(self.view.device)
         wanted = self._wanted(positions)
-        if len(wanted) == self.data.n_pos:
-            return torch.cat([self.view.forward(self.tokens[rows[i : i + size]]) for i in range(0, len(rows), size)])
-        pos = torch.tensor(wanted, dtype=torch.long, device=self.view.device)
-        out = self._nan_logits(len(rows))
-        for i in range(0, len(rows), size):
-            out[i : i + size, pos] = self.view.forward(self.tokens[rows[i : i + size]], positions=pos)
-        return out
+        pos = None if positions is None else torch.tensor(wanted, dtype=torch.long, device=self.view.device)
+        parts = [self.view.forward(self.tokens[rows[i : i + size]], positions=pos) for i in range(0, len(rows), size)]
+        return torch.cat(parts) if parts else self._logits(0, len(wanted))
 
-    def chunk_size(self, schedules: Sequence[Schedule]) -> int:
-        """Reference rows per chunk so that one chunk's node values stay within the memory budget."""
+    def chunk_size(self, schedules: Sequence[Schedule], positions: Optional[Sequence[int]] = None) -> int:
+        """Reference rows per chunk so that one chunk's node values stay within the memory budget
+        (with ``positions``: when only the logits there are asked for)."""
         c = self.view.config
-        nodes = sum(_count(s.root) for s in schedules)
-        # per reference row: every node keeps a value, and a batched call holds ~4 inputs/outputs
-        per_row = (nodes + 4 * max(1, nodes // 4)) * self.data.n_pos * c.d_model
-        per_row += len(schedules) * self.data.n_pos * c.d_vocab_out  # the logits
+        wanted = self._wanted(positions)
+        cells = sum(len(at) for at in self._needed(schedules, wanted).values())  # node values, in positions
+        # per reference row: every node keeps its value, and a batched call holds ~4 inputs/outputs
+        per_row = (cells + 4 * max(self.data.n_pos, cells // 4)) * c.d_model
+        per_row += len(schedules) * len(wanted) * c.d_vocab_out  # the logits
         per_row *= self.view.dtype.itemsize
         return max(1, min(schedules[0].n_rows, int(self.memory_budget_mb * 2**20 * 0.3 // per_row)))
 
@@ -193,9 +191,8 @@ class BatchedEngine:
     def _build_cache(self, needs: dict[Key, set[int]], rows: Tensor) -> CleanCache:
         return CleanCache(self.view, self.tokens, rows.to(self.view.device), needs, self._clean_sub_batch())
 
-    def _nan_logits(self, n: int) -> Tensor:
-        shape = (n, self.data.n_pos, self.view.config.d_vocab_out)
-        return torch.full(shape, float("nan"), dtype=self.view.dtype, device=self.view.device)
+    def _logits(self, n: int, q: int) -> Tensor:
+        return torch.empty(n, q, self.view.config.d_vocab_out, dtype=self.view.dtype, device=self.view.device)
 
     # ---- one chunk ----------------------------------------------------------------------------
 
@@ -219,17 +216,7 @@ class BatchedEngine:
             for wrapper in wrappers:
                 if _stage(wrapper.component, self.n_layers) == stage:
                     values[id(wrapper)] = _assemble_copies(wrapper, values, needed)
-        out = []
-        pos = cache.positions_tensor(wanted) if wanted else None
-        for s in schedules:
-            if len(wanted) == self.data.n_pos:
-                out.append(values[id(s.root)])
-                continue
-            logits = self._nan_logits(s.n_rows)
-            if wanted:
-                logits[:, pos] = values[id(s.root)]
-            out.append(logits)
-        return out
+        return [values[id(s.root)] if wanted else self._logits(s.n_rows, 0) for s in schedules]
 
     def _evaluate_stage(
         self, nodes: list[ScheduleNode], cache: CleanCache, values: dict[int, Tensor], needed: dict[int, Positions]
@@ -304,10 +291,6 @@ class BatchedEngine:
                 columns = cache.positions_tensor(tuple(read.index(t) for t in at_child))
                 inputs[child.edge.port] = inputs[child.edge.port].index_add(1, columns, diff)
         return inputs
-
-
-def _count(node: ScheduleNode) -> int:
-    return sum(1 for _ in node.walk())
 
 
 def _pad_positions(x: Tensor, n: int) -> Tensor:

@@ -70,8 +70,8 @@ class ReferenceEngine:
     def run(self, schedule: Schedule, positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
         """Logits of the scrubbed model for every reference row of ``schedule``.
 
-        ``positions``: the output positions asked for; the logits elsewhere are NaN, as the
-        batched engine gives them (this engine computes every position regardless).
+        With ``positions``, only the logits at those positions (sorted), ``[n, q, vocab]``, as
+        the batched engine gives them (this engine computes every position regardless).
         """
         if schedule.dataset is not self.data:
             raise ScheduleError(
@@ -83,7 +83,7 @@ class ReferenceEngine:
 
     @torch.no_grad()
     def clean_logits(self, rows: Tensor, positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
-        """Logits of the unscrubbed model on ``rows`` (NaN outside ``positions``, when given)."""
+        """Logits of the unscrubbed model on ``rows`` (only at ``positions``, sorted, when given)."""
         return _only(self.model(self.tokens[rows.to(self.device)]), positions)
 
     # ---- tree evaluation ----------------------------------------------------------------------
@@ -168,12 +168,10 @@ class ReferenceEngine:
 
 
 def _only(logits: Tensor, positions: Optional[Sequence[int]]) -> Tensor:
-    """``logits [n, pos, vocab]`` with every position outside ``positions`` set to NaN."""
+    """``logits [n, pos, vocab]`` at ``positions`` only (sorted): ``[n, q, vocab]``."""
     if positions is None:
         return logits
-    keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-    keep[list(positions)] = True
-    return logits.masked_fill(~keep[None, :, None], float("nan"))
+    return logits[:, sorted({int(t) for t in positions})]
 
 
 def _select(component: Component, value: Tensor) -> Tensor:

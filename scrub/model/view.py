@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from scrub.errors import ComponentError, DatasetError, ScheduleError
+from scrub.model import attention
 from scrub.model.config import ACTIVATIONS, ViewConfig, config_from_hooked
 
 __all__ = ["ModelView", "CleanPass"]
@@ -247,6 +248,8 @@ class ModelView:
         # TransformerLens normalises low-precision inputs in float32 and casts back.
         xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
         # (x - mean) / sqrt(var + eps) with the biased variance, as TransformerLens computes it
+        if xf is x:  # the gain and shift inside the same kernel
+            return F.layer_norm(x, (x.shape[-1],), weight=w, bias=b, eps=self.config.eps)  # [..., d]
         out = F.layer_norm(xf, (xf.shape[-1],), eps=self.config.eps).to(self.dtype)  # [..., d]
         if w is not None and b is not None:
             out = out * w + b
@@ -259,20 +262,19 @@ class ModelView:
     def _attend(
         self,
         layer: int,
-        heads: Any,
+        heads: slice,
         q_in: Tensor,
         k_in: Tensor,
         v_in: Tensor,
         q_pos: Optional[Tensor] = None,
+        keep: Optional[list] = None,
     ) -> Tensor:
-        """Attention of layer ``layer`` for the heads selected by ``heads`` (an index of dim 1).
+        """Attention of layer ``layer`` for the heads ``heads`` (``slice(h, h + 1)``: head ``h``;
+        ``slice(None)``: every head); see `scrub.model.attention`.
 
-        ``heads`` is a slice of the layer's heads (``slice(h, h + 1)``: head ``h``;
-        ``slice(None)``: every head). The q, k and v projections are one matmul each over the
-        selected heads, attention is `F.scaled_dot_product_attention`. Keys and values sit at
-        positions ``0..pk-1``; queries at ``q_pos`` (``[pq]`` or ``[b, pq]``; default
-        ``0..pk-1``). Returns ``z``, the heads' mixed values before ``W_O``: ``[b, h, pq, d_head]``
-        (``h`` = 1 or ``H``).
+        Keys and values sit at positions ``0..pk-1``; queries at ``q_pos`` (``[pq]`` or
+        ``[b, pq]``; default ``0..pk-1``). Returns ``z``, the heads' mixed values before
+        ``W_O``: ``[b, h, pq, d_head]``. ``keep``, a list, receives the projected q, k and v.
         """
         if k_in.shape != v_in.shape or q_in.ndim != 3 or k_in.ndim != 3 or q_in.shape[0] != k_in.shape[0]:
             raise ScheduleError(
@@ -286,46 +288,48 @@ class ModelView:
             )
         n_keys = k_in.shape[1]
         self._check_positions(n_keys)
-        if q_pos is None:
-            if q_in.shape[1] != n_keys:
-                raise ScheduleError(
-                    f"q has {q_in.shape[1]} positions and k/v {n_keys}: pass q_positions to say "
-                    f"where the queries sit"
-                )
-            q_pos = torch.arange(n_keys, device=self.device)  # [pq]
-        q_pos = torch.as_tensor(q_pos, dtype=torch.long, device=self.device)
-        if q_pos.shape[-1] != q_in.shape[1] or q_pos.ndim not in (1, 2):
-            raise ScheduleError(
-                f"q_positions must be [pq] or [batch, pq] with pq={q_in.shape[1]}, got {tuple(q_pos.shape)}"
-            )
-        hs = range(self.config.n_heads)[heads]  # the selected heads
-        n_h, e = len(hs), self.config.d_head
+        q_pos = attention.query_positions(self, q_pos, q_in.shape[1], n_keys)
+        keys = torch.arange(n_keys, device=self.device)
+        # one LayerNorm for inputs that are one tensor (as in a clean pass)
+        normed: dict[int, Tensor] = {}
 
-        def project(x: Tensor, W: Tensor, bias: Tensor) -> Tensor:  # [b, p, d] -> [b, h, p, e]
-            W = W[layer, heads].permute(1, 0, 2).reshape(self.config.d_model, n_h * e)  # [d, h*e]
-            y = x @ W + bias[layer, heads].reshape(n_h * e)  # [b, p, h*e]
-            return y.unflatten(-1, (n_h, e)).transpose(1, 2)  # [b, h, p, e]
+        def prepared(port: str, x: Tensor, at: Tensor) -> Tensor:
+            if id(x) not in normed:
+                normed[id(x)] = self._ln1(layer, x)  # [b, p, d_model]
+            return attention.with_positions(self, port, normed[id(x)], at)
 
-        # ln1 on each input separately, as TransformerLens does with split q/k/v inputs
-        # (computed once when they are one tensor, as in a clean pass).
-        k_n = self._ln1(layer, k_in)  # [b, pk, d_model]
-        v_n = k_n if v_in is k_in else self._ln1(layer, v_in)  # [b, pk, d_model]
-        q_n = k_n if q_in is k_in else self._ln1(layer, q_in)  # [b, pq, d_model]
-        if self.config.positional == "shortformer":
-            q_n = q_n + self.W_pos[q_pos]  # [b, pq, d_model]
-            k_n = k_n + self.W_pos[:n_keys]  # [b, pk, d_model]
-        q = project(q_n, self.W_Q, self.b_Q)  # [b, h, pq, e]
-        k = project(k_n, self.W_K, self.b_K)  # [b, h, pk, e]
-        v = project(v_n, self.W_V, self.b_V)  # [b, h, pk, e]
-        mask = None
-        if self.config.causal:
-            mask = torch.arange(n_keys, device=self.device) <= q_pos[..., None]  # [pq, pk] or [b, pq, pk]
-            if mask.ndim == 3:
-                mask = mask[:, None]  # [b, 1, pq, pk]
-        scale = 1.0 / float(self.config.layer_attn_scales[layer])
-        # every query sees at least key 0, so no softmax row is empty
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [b, h, pq, e]
-        return z
+        q = attention.project(self, layer, heads, "q", prepared("q", q_in, q_pos))  # [b, h, pq, e]
+        k = attention.project(self, layer, heads, "k", prepared("k", k_in, keys))  # [b, h, pk, e]
+        v = attention.project(self, layer, heads, "v", prepared("v", v_in, keys))  # [b, h, pk, e]
+        if keep is not None:
+            keep.extend((q, k, v))
+        return attention.mix(self, layer, q, k, v, q_pos)  # [b, h, pq, e]
+
+    def head_projection(
+        self, layer: int, head: int, port: str, x: Float[Tensor, "b p d"], positions: Int[Tensor, "p"]
+    ) -> Float[Tensor, "b p e"]:
+        """Port ``port`` (``"q"``, ``"k"`` or ``"v"``) of head ``head`` of ``layer`` on the port input
+        ``x`` sitting at ``positions`` (``[p]`` or ``[b, p]``): ``ln1``, ``W_pos`` for q and k of a
+        shortformer model, then ``W_port`` and ``b_port``. ``[b, p, d_head]``."""
+        layer = self._layer(layer)
+        x_n = attention.normalise(self, layer, port, x, torch.as_tensor(positions, device=self.device))
+        return attention.project(self, layer, slice(head, head + 1), port, x_n)[:, 0]  # [b, p, e]
+
+    def head_output(
+        self,
+        layer: int,
+        head: int,
+        q: Float[Tensor, "b q e"],
+        k: Float[Tensor, "b k e"],
+        v: Float[Tensor, "b k e"],
+        q_positions: Optional[Int[Tensor, "b q"]] = None,
+    ) -> Float[Tensor, "b q d"]:
+        """Head ``head`` of ``layer`` from its projected queries (at ``q_positions``, default
+        ``0..k-1``), keys and values (at ``0..k-1``): attention, then ``W_O`` (no ``b_O``)."""
+        layer = self._layer(layer)
+        q_pos = attention.query_positions(self, q_positions, q.shape[1], k.shape[1])
+        z = attention.mix(self, layer, q[:, None], k[:, None], v[:, None], q_pos)  # [b, 1, q, e]
+        return z[:, 0] @ self.W_O[layer, head]  # [b, q, d_model]
 
     def _per_head_out(self, layer: int, heads: Any, z: Tensor) -> Tensor:
         """``z [b, h, p, e]`` through each selected head's ``W_O``: ``[b, p, h, d_model]``."""
