@@ -145,9 +145,12 @@ def test_cache_keeps_only_needed_positions():
     needs, _ = batched._cache_needs([s], (2,))
     assert needs[("final",)] == {2}  # the output reads position 2 only
     assert needs[("head", 1, 1)] == {2}  # head 1.1's clean output, subtracted at the output's port
-    assert needs[("resid_pre", 1)] == {0, 1, 2}  # head 1.1: q at 2, k and v at the keys 0..2
+    assert needs[("resid_pre", 1)] == {0, 1, 2}  # head 1.1's k port (patched by its child), keys 0..2
+    assert needs[("q", 1, 1)] == {2} and needs[("v", 1, 1)] == {0, 1, 2}  # unpatched ports: clean projections
+    assert ("k", 1, 1) not in needs
     assert needs[("head", 0, 0)] == {0, 1, 2}  # the k leaf (on its datum) and its clean value (subtracted)
     cache = batched._build_cache(needs, torch.arange(N_ROWS))
+    assert cache.values[("v", 1, 1)].shape == (N_ROWS, 3, model.cfg.d_head)
     assert cache.values[("final",)].shape == (N_ROWS, 1, model.cfg.d_model)
     assert cache.values[("resid_pre", 1)].shape == (N_ROWS, 3, model.cfg.d_model)
     full = ModelView.from_hooked(model).clean_pass(DATA.tokens)
@@ -171,14 +174,14 @@ def test_per_position_copies_evaluated_at_their_position(monkeypatch):
     top = h.claim(Head(1, 0), TOKEN, into=out)  # per position, with a child: treeified
     h.claim(Embed(), PREV, into=(top, "q"))
     s = scrub.plan(h, DATA, 0, model=model)
-    calls: list[tuple[int, int]] = []  # (rows, query positions) per ModelView.heads call
-    original = ModelView.heads
+    calls: list[tuple[int, int]] = []  # (rows, query positions) per ModelView.head_output call
+    original = ModelView.head_output
 
-    def spy(self, layer, head_index, q_in, k_in, v_in, q_positions=None):
-        calls.append((q_in.shape[0], q_in.shape[1]))
-        return original(self, layer, head_index, q_in, k_in, v_in, q_positions=q_positions)
+    def spy(self, layer, head, q, k, v, q_positions=None):
+        calls.append((q.shape[0], q.shape[1]))
+        return original(self, layer, head, q, k, v, q_positions=q_positions)
 
-    monkeypatch.setattr(ModelView, "heads", spy)
+    monkeypatch.setattr(ModelView, "head_output", spy)
     engine = BatchedEngine(model, DATA)
     engine.run(s, positions=[2])
     assert calls == [(N_ROWS, 1)]  # one copy (position 2), one query position
@@ -220,6 +223,28 @@ def test_heads_at_query_positions(config):
         view.heads(1, index, q[:, :2], k, v)
 
 
+@pytest.mark.parametrize("config", [MODEL_ATTN, "relu-short-causal-None", "gelu-short-bidir-LN"])
+def test_head_projection_and_output_compose_to_heads(config):
+    """heads() == head_output(head_projection(q), ...(k), ...(v)), and the clean pass keeps the
+    projections of its own inputs."""
+    view = ModelView.from_hooked(model_for(config))
+    g = torch.Generator().manual_seed(1)
+    q_in, k_in, v_in = (torch.randn(4, N_POS, view.config.d_model, generator=g) for _ in range(3))
+    keys = torch.arange(N_POS)
+    asked = torch.tensor([1, 4])
+    q = view.head_projection(1, 1, "q", q_in[:, asked], asked)
+    k = view.head_projection(1, 1, "k", k_in, keys)
+    v = view.head_projection(1, 1, "v", v_in, keys)
+    assert q.shape == (4, 2, view.config.d_head)
+    got = view.head_output(1, 1, q, k, v, q_positions=asked)
+    want = view.heads(1, torch.ones(4, dtype=torch.long), q_in, k_in, v_in)[:, asked]
+    assert max_diff(got, want) < 1e-5
+    clean = view.clean_pass(DATA.tokens[:4])
+    resid = clean.resid_pre[1]
+    for port, stored in (("q", clean.head_q), ("k", clean.head_k), ("v", clean.head_v)):
+        assert max_diff(stored[1][:, :, 1], view.head_projection(1, 1, port, resid, keys)) < 1e-5
+
+
 def test_forward_at_positions():
     view = ModelView.from_hooked(model_for(MODEL_MLP))
     full = view.forward(DATA.tokens[:4])
@@ -252,11 +277,13 @@ def test_evaluate_same_with_and_without_pruning(metric):
     h = with_mlp(model.cfg)
     a = scrub.evaluate(h, model, data, seeds=2, metric=pruned, n_boot=20)
     b = scrub.evaluate(h, model, data, seeds=2, metric=unpruned, n_boot=20)
-    for field in ("loss_recovered", "m_scrub", "m_base", "m_model"):
-        assert _same(getattr(a, field), getattr(b, field)), field
+    # loss recovered divides by M_base - M_model, small on a random model: float noise of 1e-6
+    # in the metrics moves it by ~1e-4
+    for field, tol in (("m_scrub", 1e-5), ("m_base", 1e-5), ("m_model", 1e-5), ("loss_recovered", 1e-3)):
+        assert _same(getattr(a, field), getattr(b, field), tol), field
     assert not math.isnan(a.m_scrub)
     r = scrub.evaluate(h, model, data, seeds=2, metric=pruned, n_boot=20, engine="reference")
-    assert _same(a.loss_recovered, r.loss_recovered, 1e-4)
+    assert _same(a.m_scrub, r.m_scrub) and _same(a.loss_recovered, r.loss_recovered, 1e-3)
 
 
 def _same(x: float, y: float, tol: float = 1e-5) -> bool:

@@ -171,8 +171,12 @@ class BatchedEngine:
                     datum = node.datum
                     rows.append(datum.flatten() if datum.ndim == 1 else datum[:, list(at)].flatten())
                     continue
-                for read in port_positions(node.component, at, n_pos, causal).values():
-                    needs[port_key(node.component)].update(read)
+                fed = _fed_ports(node, needed)
+                for port, read in port_positions(node.component, at, n_pos, causal).items():
+                    if port in fed or not isinstance(node.component, Head):
+                        needs[port_key(node.component)].update(read)
+                    else:  # nothing patches this port: the head reads its clean projection
+                        needs[(port, node.component.layer, node.component.head)].update(read)
                 for child in node.children:
                     if id(child) in needed:
                         needs[output_key(child.component)].update(needed[id(child)])
@@ -221,44 +225,62 @@ class BatchedEngine:
     def _evaluate_stage(
         self, nodes: list[ScheduleNode], cache: CleanCache, values: dict[int, Tensor], needed: dict[int, Positions]
     ) -> None:
-        """Evaluate nodes of one component kind and layer in batched calls."""
+        """Evaluate nodes of one stage in batched calls: heads by (head, number of query
+        positions), MLPs and the output with every (row, position) of every node in one batch."""
         groups: dict[tuple, list[ScheduleNode]] = defaultdict(list)
         for node in nodes:
-            kind = type(node.component)
-            # heads batch nodes with the same number of query positions; the rest flatten positions
-            groups[(kind, len(needed[id(node)]) if kind is Head else 0)].append(node)
-        for (kind, _), group in groups.items():
-            inputs = [self._port_inputs(node, cache, values, needed) for node in group]
+            c = node.component
+            groups[(type(c), c.head if isinstance(c, Head) else 0, len(needed[id(node)]) if isinstance(c, Head) else 0)].append(node)
+        for (kind, _, _), group in groups.items():
             if kind is Head:
-                outs = self._heads(group, inputs, needed)
+                outs = self._heads(group, cache, values, needed)
             elif kind in (MLP, Output):
+                inputs = [self._port_input(node, "in", needed[id(node)], cache, values, needed) for node in group]
                 outs = self._pointwise(kind, group, inputs)
             else:
                 raise ScheduleError(f"{kind.__name__} has no ports; it can only be a leaf")
             for node, part in zip(group, outs):
                 values[id(node)] = part
 
-    def _heads(self, group: list[ScheduleNode], inputs: list[dict[str, Tensor]], needed: dict[int, Positions]) -> list[Tensor]:
-        """One call of `ModelView.heads` for heads of one layer with as many query positions."""
-        device = self.view.device
-        layer = group[0].component.layer
-        n_keys = max(inp["k"].shape[1] for inp in inputs)
-        sizes = [inp["q"].shape[0] for inp in inputs]
-        head_index = torch.cat(
-            [torch.full((n,), node.component.head, dtype=torch.long) for n, node in zip(sizes, group)]
-        ).to(device)
+    def _heads(
+        self, group: list[ScheduleNode], cache: CleanCache, values: dict[int, Tensor], needed: dict[int, Positions]
+    ) -> list[Tensor]:
+        """Nodes of one head with as many query positions: each port's projection either from the
+        clean cache (no claimed child patches it) or computed from the patched input, then one
+        `ModelView.head_output` call for the whole group."""
+        view, device = self.view, self.view.device
+        layer, head = group[0].component.layer, group[0].component.head
+        reads = [port_positions(node.component, needed[id(node)], self.data.n_pos, view.config.causal) for node in group]
+        fed = [_fed_ports(node, needed) for node in group]
+        sizes = [node.other.shape[0] for node in group]
+        projected: dict[str, list[Tensor]] = {}
+        for port in ("q", "k", "v"):
+            parts: list = [None] * len(group)
+            todo = [i for i in range(len(group)) if port in fed[i]]
+            for i, node in enumerate(group):
+                if port not in fed[i]:
+                    parts[i] = cache.get((port, layer, head), node.other.to(device), reads[i][port])  # [n, p, e]
+            if todo:  # patched inputs: every (row, position) through one projection
+                xs = [self._port_input(group[i], port, reads[i][port], cache, values, needed) for i in todo]
+                flat = torch.cat([x.reshape(-1, 1, x.shape[-1]) for x in xs])  # [sum n*p, 1, d]
+                at = torch.cat([cache.positions_tensor(reads[i][port]).repeat(sizes[i]) for i in todo])  # [sum n*p]
+                out = view.head_projection(layer, head, port, flat, at[:, None])  # [sum n*p, 1, e]
+                for i, x, part in zip(todo, xs, torch.split(out, [x.shape[0] * x.shape[1] for x in xs])):
+                    parts[i] = part.reshape(x.shape[0], x.shape[1], -1)  # [n, p, e]
+            projected[port] = parts
+        n_keys = max(k.shape[1] for k in projected["k"])
+        q = torch.cat(projected["q"])  # [sum n, q, e]
+        k, v = (torch.cat([_pad_positions(x, n_keys) for x in projected[p]]) for p in ("k", "v"))  # [sum n, keys, e]
         q_pos = torch.cat(
-            [torch.tensor(needed[id(node)], dtype=torch.long).expand(n, -1) for n, node in zip(sizes, group)]
-        ).to(device)  # [sum n, q]
-        q = torch.cat([inp["q"] for inp in inputs])  # [sum n, q, d]
-        k, v = (torch.cat([_pad_positions(inp[p], n_keys) for inp in inputs]) for p in ("k", "v"))  # [sum n, keys, d]
-        out = self.view.heads(layer, head_index, q, k, v, q_positions=q_pos)  # [sum n, q, d]
+            [cache.positions_tensor(needed[id(node)]).expand(n, -1) for n, node in zip(sizes, group)]
+        )  # [sum n, q]
+        out = view.head_output(layer, head, q, k, v, q_positions=q_pos)  # [sum n, q, d]
         return list(torch.split(out, sizes))
 
-    def _pointwise(self, kind: type, group: list[ScheduleNode], inputs: list[dict[str, Tensor]]) -> list[Tensor]:
+    def _pointwise(self, kind: type, group: list[ScheduleNode], inputs: list[Tensor]) -> list[Tensor]:
         """MLPs and the output act position by position: every (row, position) in one flat batch."""
-        shapes = [inp["in"].shape[:2] for inp in inputs]
-        flat = torch.cat([inp["in"].reshape(-1, 1, inp["in"].shape[-1]) for inp in inputs])  # [sum n*q, 1, d]
+        shapes = [x.shape[:2] for x in inputs]
+        flat = torch.cat([x.reshape(-1, 1, x.shape[-1]) for x in inputs])  # [sum n*q, 1, d]
         if kind is MLP:
             out = self.view.mlp(group[0].component.layer, flat)  # [sum n*q, 1, d]
         else:
@@ -266,31 +288,34 @@ class BatchedEngine:
         parts = torch.split(out, [a * b for a, b in shapes])
         return [part.reshape(a, b, -1) for part, (a, b) in zip(parts, shapes)]
 
-    def _port_inputs(
-        self, node: ScheduleNode, cache: CleanCache, values: dict[int, Tensor], needed: dict[int, Positions]
-    ) -> dict[str, Tensor]:
-        """``resid_p(other) - sum_k out_k(other) + sum_k scrubbed_k`` for every port of ``node``,
-        each at the positions that port is read (``[n, q_port, d]``)."""
+    def _port_input(
+        self,
+        node: ScheduleNode,
+        port: str,
+        read: Positions,
+        cache: CleanCache,
+        values: dict[int, Tensor],
+        needed: dict[int, Positions],
+    ) -> Tensor:
+        """``resid_p(other) - sum_k out_k(other) + sum_k scrubbed_k`` at port ``port`` of ``node``,
+        at the positions ``read`` the port is read (``[n, q, d]``)."""
         other = node.other.to(self.view.device)
-        reads = port_positions(node.component, needed[id(node)], self.data.n_pos, self.view.config.causal)
-        resid: dict[Positions, Tensor] = {}
-        inputs: dict[str, Tensor] = {}
-        for port, read in reads.items():
-            if read not in resid:
-                resid[read] = cache.get(port_key(node.component), other, read)  # [n, q_port, d]
-            inputs[port] = resid[read]
+        x = cache.get(port_key(node.component), other, read)  # [n, q, d]
         for child in node.children:
             at_child = needed.get(id(child))
-            if at_child is None:
-                continue  # needed at no position this port reads
+            if child.edge.port != port or at_child is None:
+                continue  # another port, or needed at no position this port reads
             diff = values[id(child)] - cache.get(output_key(child.component), other, at_child)  # [n, q_child, d]
-            read = reads[child.edge.port]
             if at_child == read:
-                inputs[child.edge.port] = inputs[child.edge.port] + diff
+                x = x + diff
             else:  # the child covers part of what the port reads (a position-restricted edge)
-                columns = cache.positions_tensor(tuple(read.index(t) for t in at_child))
-                inputs[child.edge.port] = inputs[child.edge.port].index_add(1, columns, diff)
-        return inputs
+                x = x.index_add(1, cache.positions_tensor(tuple(read.index(t) for t in at_child)), diff)
+        return x
+
+
+def _fed_ports(node: ScheduleNode, needed: dict[int, Positions]) -> set[str]:
+    """The ports of ``node`` that some needed child patches."""
+    return {child.edge.port for child in node.children if id(child) in needed}
 
 
 def _pad_positions(x: Tensor, n: int) -> Tensor:

@@ -2,7 +2,9 @@
 
 Keys name what is stored: ``("resid_pre", l)``, ``("resid_mid", l)`` and ``("final",)`` are the
 residual stream at the ports of heads, MLPs and the output; ``("head", l, h)`` and
-``("mlp", l)`` are component outputs; ``("embed",)`` and ``("pos",)`` are never stored (they are
+``("mlp", l)`` are component outputs; ``("q", l, h)``, ``("k", l, h)`` and ``("v", l, h)`` are a
+head's projected query, key and value (``d_head`` wide: what a head node reads through a port no
+claimed child patches); ``("embed",)`` and ``("pos",)`` are never stored (they are
 read from the weights for the rows asked for). Each key keeps only the positions some read of
 it needs, so a key read at the scored positions alone costs a fraction of a full table.
 """
@@ -19,7 +21,7 @@ from scrub.components import MLP, Component, Embed, Head, Output, PosEmbed
 from scrub.errors import ScheduleError
 from scrub.model import CleanPass, ModelView
 
-__all__ = ["Key", "CleanCache", "output_key", "port_key", "COMPUTED"]
+__all__ = ["Key", "CleanCache", "output_key", "port_key", "cache_bytes", "COMPUTED", "PROJECTIONS"]
 
 Key = tuple
 COMPUTED = {("embed",), ("pos",)}  # read from the weights directly, never cached
@@ -49,9 +51,14 @@ def port_key(component: Component) -> Key:
     raise ScheduleError(f"{component} has no ports")
 
 
+PROJECTIONS = ("q", "k", "v")
+
+
 def _read(clean: CleanPass, key: Key) -> Tensor:
-    """One cached quantity ``[b, p, d]`` out of a full clean pass."""
+    """One cached quantity ``[b, p, width]`` out of a full clean pass."""
     kind = key[0]
+    if kind in PROJECTIONS:
+        return {"q": clean.head_q, "k": clean.head_k, "v": clean.head_v}[kind][key[1]][:, :, key[2]]
     if kind == "head":
         return clean.head_out[key[1]][:, :, key[2]]
     if kind == "mlp":
@@ -63,10 +70,15 @@ def _read(clean: CleanPass, key: Key) -> Tensor:
     return clean.resid_final
 
 
+def width(view: ModelView, key: Key) -> int:
+    """Features per position of ``key``: ``d_head`` for projections, else ``d_model``."""
+    return view.config.d_head if key[0] in PROJECTIONS else view.config.d_model
+
+
 def cache_bytes(view: ModelView, needs: Mapping[Key, set[int]], n_rows: int) -> float:
     """Bytes the stored tables of ``needs`` take on ``n_rows`` rows."""
-    cells = sum(len(pos) for key, pos in needs.items() if key not in COMPUTED)
-    return float(cells) * n_rows * view.config.d_model * view.dtype.itemsize
+    cells = sum(len(pos) * width(view, key) for key, pos in needs.items() if key not in COMPUTED)
+    return float(cells) * n_rows * view.dtype.itemsize
 
 
 class CleanCache:
@@ -86,20 +98,22 @@ class CleanCache:
     def __init__(self, view: ModelView, tokens: Tensor, rows: Tensor, needs: Mapping[Key, set[int]], sub_batch: int) -> None:
         self.view, self.tokens = view, tokens
         self.rows = torch.unique(rows)  # [u] sorted dataset rows
-        n_pos, d, device = tokens.shape[1], view.config.d_model, view.device
+        n_pos, device = tokens.shape[1], view.device
         stored = sorted(key for key in needs if key not in COMPUTED)
         self.stored_positions: dict[Key, frozenset[int]] = {}
+        self.stored_sorted: dict[Key, tuple[int, ...]] = {}
         self.positions: dict[Key, Tensor] = {}  # key -> [p_key] stored positions, sorted
         self.column: dict[Key, Tensor] = {}  # key -> [n_pos] column of each position (-1: absent)
-        self.values: dict[Key, Tensor] = {}  # key -> [u, p_key, d]
+        self.values: dict[Key, Tensor] = {}  # key -> [u, p_key, width]
         self._index_of: dict[tuple[int, ...], Tensor] = {}
         for key in stored:
             pos = torch.tensor(sorted(needs[key]), dtype=torch.long, device=device)
             column = torch.full((n_pos,), -1, dtype=torch.long, device=device)
             column[pos] = torch.arange(len(pos), device=device)
             self.stored_positions[key] = frozenset(needs[key])
+            self.stored_sorted[key] = tuple(sorted(needs[key]))
             self.positions[key], self.column[key] = pos, column
-            self.values[key] = torch.empty(len(self.rows), len(pos), d, dtype=view.dtype, device=device)
+            self.values[key] = torch.empty(len(self.rows), len(pos), width(view, key), dtype=view.dtype, device=device)
         for start in range(0, len(self.rows) if stored else 0, sub_batch):
             clean = view.clean_pass(tokens[self.rows[start : start + sub_batch]], logits=False)
             for key in stored:
@@ -138,8 +152,12 @@ class CleanCache:
                 f"internal: the clean cache holds {key} at {sorted(self.stored_positions[key])}, "
                 f"not at {list(positions)}; please report this"
             )
-        column = self.column[key][pos]  # [q]
+        table = self.values[key]  # [u, p_key, width]
         idx = self.index(rows)  # [n] or [n, q]
-        if rows.ndim == 1:
-            return self.values[key][idx[:, None], column]  # [n, q, d]
-        return self.values[key][idx, column]  # [n, q, d]
+        if rows.ndim == 2:
+            return table[idx, self.column[key][pos]]  # [n, q, width]
+        stored = self.stored_sorted[key]
+        first = stored.index(positions[0])
+        if stored[first : first + len(positions)] == positions:  # a run of stored columns: a plain row gather
+            return table.index_select(0, idx)[:, first : first + len(positions)]  # [n, q, width]
+        return table[idx[:, None], self.column[key][pos]]  # [n, q, width]

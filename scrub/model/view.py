@@ -47,6 +47,8 @@ class CleanPass:
         mlp_out: per layer, the MLP's output (``None`` if attention-only).
         resid_final: the residual stream the output reads ``[b, p, d_model]``.
         logits: ``[b, p, d_vocab_out]`` (``None`` when the pass was asked not to unembed).
+        head_q, head_k, head_v: per layer, every head's projected query, key and value
+            ``[b, p, n_heads, d_head]`` (`ModelView.head_projection` of the clean inputs).
     """
 
     embed: Float[Tensor, "b p d"]
@@ -57,6 +59,9 @@ class CleanPass:
     mlp_out: Optional[tuple[Float[Tensor, "b p d"], ...]]
     resid_final: Float[Tensor, "b p d"]
     logits: Optional[Float[Tensor, "b p v"]]
+    head_q: tuple[Float[Tensor, "b p h e"], ...] = ()
+    head_k: tuple[Float[Tensor, "b p h e"], ...] = ()
+    head_v: tuple[Float[Tensor, "b p h e"], ...] = ()
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
@@ -473,9 +478,15 @@ class ModelView:
             pos = torch.zeros_like(embed)  # [b, p, d_model]
         resid = embed + pos  # [b, p, d_model]
         resid_pre, resid_mid, head_out, mlp_out = [], [], [], []
+        head_q: list[Tensor] = []
+        head_k: list[Tensor] = []
+        head_v: list[Tensor] = []
         for layer in range(c.n_layers):
-            z = self._attend(layer, slice(None), resid, resid, resid)  # [b, H, p, e]
+            qkv: Optional[list] = [] if keep else None
+            z = self._attend(layer, slice(None), resid, resid, resid, keep=qkv)  # [b, H, p, e]
             if keep:
+                for store, value in zip((head_q, head_k, head_v), qkv):
+                    store.append(value.transpose(1, 2))  # [b, p, H, e]
                 heads = self._per_head_out(layer, slice(None), z)  # [b, p, H, d_model]
                 resid_pre.append(resid)
                 head_out.append(heads)
@@ -502,6 +513,9 @@ class ModelView:
             mlp_out=None if c.attn_only else tuple(mlp_out),
             resid_final=resid,
             logits=out_logits,
+            head_q=tuple(head_q),
+            head_k=tuple(head_k),
+            head_v=tuple(head_v),
         )
 
     def clean_pass(self, tokens: Int[Tensor, "b p"], *, logits: bool = True) -> CleanPass:
