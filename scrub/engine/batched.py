@@ -29,6 +29,7 @@ from scrub.components import MLP, Component, Head, Output
 from scrub.data import Dataset
 from scrub.engine.cache import CleanCache, Key, cache_bytes, output_key, port_key
 from scrub.engine.positions import Positions, node_positions, port_positions
+from scrub.engine.shared import representatives
 from scrub.errors import ScheduleError
 from scrub.model import ModelView
 from scrub.plan import Schedule, ScheduleNode
@@ -201,25 +202,39 @@ class BatchedEngine:
     # ---- one chunk ----------------------------------------------------------------------------
 
     def _run_chunk(self, schedules: Sequence[Schedule], cache: CleanCache, wanted: Positions) -> list[Tensor]:
-        """Each schedule's logits on one chunk: every needed node at its needed positions."""
+        """Each schedule's logits on one chunk: every needed node at its needed positions, each
+        distinct value computed once (`scrub.engine.shared`)."""
         needed = self._needed(schedules, wanted)
+        same = representatives(schedules, needed)  # id(node) -> id(the node whose value it shares)
         nodes = [node for s in schedules for node in s.root.walk() if id(node) in needed]
         device = self.view.device
 
         values: dict[int, Tensor] = {}  # id(node) -> [n, len(needed positions), d]
-        for node in nodes:  # leaves first: read straight from the cache
-            if node.is_leaf:
+
+        def share(group: Sequence[ScheduleNode]) -> None:
+            for node in group:
+                if same[id(node)] != id(node):
+                    values[id(node)] = values[same[id(node)]]
+
+        leaves = [node for node in nodes if node.is_leaf]
+        for node in leaves:  # leaves first: read straight from the cache
+            if same[id(node)] == id(node):
                 values[id(node)] = cache.get(output_key(node.component), node.datum.to(device), needed[id(node)])
+        share(leaves)
         by_stage: dict[int, list[ScheduleNode]] = defaultdict(list)
+        wrappers: dict[int, list[ScheduleNode]] = defaultdict(list)
         for node in nodes:
-            if not node.is_leaf and node.copies is None:
-                by_stage[_stage(node.component, self.n_layers)].append(node)
-        wrappers = [n for n in nodes if n.copies is not None]
+            if not node.is_leaf:
+                stage = _stage(node.component, self.n_layers)
+                (by_stage if node.copies is None else wrappers)[stage].append(node)
         for stage in sorted(by_stage):
-            self._evaluate_stage(by_stage[stage], cache, values, needed)
-            for wrapper in wrappers:
-                if _stage(wrapper.component, self.n_layers) == stage:
+            group = by_stage[stage]
+            self._evaluate_stage([n for n in group if same[id(n)] == id(n)], cache, values, needed)
+            share(group)
+            for wrapper in wrappers[stage]:
+                if same[id(wrapper)] == id(wrapper):
                     values[id(wrapper)] = _assemble_copies(wrapper, values, needed)
+            share(wrappers[stage])
         return [values[id(s.root)] if wanted else self._logits(s.n_rows, 0) for s in schedules]
 
     def _evaluate_stage(
