@@ -36,6 +36,7 @@ import torch
 import scrub
 from scrub.engine.batched import BatchedEngine
 from scrub.engine.positions import node_positions, port_positions
+from scrub.engine.shared import representatives
 from scrub.engine.reference import ReferenceEngine
 from scrub.model import ModelView
 from scrub.plan import FeatureCache
@@ -91,7 +92,7 @@ def main() -> None:
     tokens = data.tokens
     print(
         f"batched engine: memory_budget_mb {args.memory_budget_mb:g}, chunk size {batched.chunk_size([schedule])} "
-        f"rows (one scrub of {args.rows} rows), {batched.chunk_size(family)} rows (family)"
+        f"rows (one scrub of {args.rows} rows), {batched.chunk_size(family, scored)} rows (family, scored positions)"
     )
     sys.stdout.flush()
 
@@ -163,11 +164,14 @@ def main() -> None:
     clean_macs = n_pos * (cfg.n_layers * (4 * cfg.n_heads * d * dh + 2 * d * cfg.d_mlp) + d * V)  # per row
     counts = {"Head": 0, "MLP": 0, "Output": 0}
     work = {"Head": 0.0, "MLP": 0.0, "Output": 0.0}
+    needed: dict = {}
     for s in family:
-        needed = node_positions(s.root, tuple(scored), n_pos, cfg.attention_dir == "causal")
+        needed.update(node_positions(s.root, tuple(scored), n_pos, cfg.attention_dir == "causal"))
+    same = representatives(family, needed)  # nodes shared by several variants count once
+    for s in family:
         for node in s.nodes():
             at = needed.get(id(node))
-            if at is None or node.is_leaf or node.copies is not None:
+            if at is None or node.is_leaf or node.copies is not None or same[id(node)] != id(node):
                 continue
             kind = type(node.component).__name__
             counts[kind] += 1
@@ -180,7 +184,7 @@ def main() -> None:
                 work[kind] += len(at) * d * V
     work = {k: v / clean_macs for k, v in work.items()}
     print(
-        f"    floor: the family evaluates {counts['Head']} heads, {counts['MLP']} MLPs and {counts['Output']} "
+        f"    floor: the family evaluates {counts['Head']} distinct heads, {counts['MLP']} MLPs and {counts['Output']} "
         f"unembeddings at the positions it needs = {sum(work.values()):.2f} clean forwards of matmul work "
         f"(heads {work['Head']:.2f}, MLPs {work['MLP']:.2f}, unembed {work['Output']:.2f}), plus the clean pass"
     )

@@ -2,14 +2,18 @@
 
 Naive scrubbing runs a full forward pass per tree node. This engine instead
 
-1. runs one clean pass (through `scrub.model.ModelView`) over the dataset rows the schedules
-   draw from, keeping only what they need: the residual stream at the ports of claimed
-   components (on their "other" rows) and the outputs of claimed children and leaves (on the
-   rows that read them);
-2. evaluates tree nodes bottom-up by stage (embeddings, heads of layer 0, MLP 0, heads of
-   layer 1, ...): all nodes of one stage, across every schedule given, are concatenated into
-   one call of the component function (each row carries its own head index);
-3. assembles the final residual at each root, applies the final norm and unembedding.
+1. works out, for the output positions whose logits are asked for (the positions the metric
+   reads), the positions at which every tree node is needed (`scrub.engine.positions`), and
+   which nodes of all the schedules compute the same value (`scrub.engine.shared`);
+2. runs one clean pass (through `scrub.model.ModelView`) over the dataset rows the schedules
+   draw from, keeping only what they read, at the positions they read it
+   (`scrub.engine.cache`): the residual stream at the patched ports of claimed components (on
+   their "other" rows), a head's clean q/k/v projection at the ports nothing patches, and the
+   outputs of claimed children and leaves;
+3. evaluates the distinct nodes bottom-up by stage (embeddings, heads of layer 0, MLP 0, heads
+   of layer 1, ...), each at its needed positions only: the nodes of one head (or one MLP)
+   across every schedule given are concatenated into one batched call;
+4. assembles the final residual at each root, applies the final norm and unembedding.
 
 Port inputs follow the residual decomposition of DESIGN.md section 1, exactly as the reference
 engine does with hooks: ``resid_p(other) - sum_k out_k(other) + sum_k scrubbed_k``. Reference
