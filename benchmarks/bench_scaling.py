@@ -44,9 +44,9 @@ def _count_clean_rows() -> None:
     """Wrap ModelView.clean_pass (in this process only) to count the rows the engine's clean passes cover."""
     original = ModelView.clean_pass
 
-    def counting(self, tokens):
+    def counting(self, tokens, **options):
         _CLEAN_ROWS[0] += int(tokens.shape[0])
-        return original(self, tokens)
+        return original(self, tokens, **options)
 
     ModelView.clean_pass = counting
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from scrub.errors import DatasetError, FeatureError
 
-__all__ = ["Dataset", "Feature", "EXACT", "FeatureValues", "sample_matching"]
+__all__ = ["Dataset", "Feature", "EXACT", "FeatureValues", "PoolIndex", "sample_matching"]
 
 
 def _check_dataset(instance: "Dataset", attribute, value) -> None:
@@ -279,10 +279,29 @@ def _keys(ids: Tensor) -> Tensor:
     return ids * n_pos + torch.arange(n_pos, device=ids.device)
 
 
+@attrs.frozen(eq=False)
+class PoolIndex:
+    """The pool grouped by class: entry ``order[start[k] + i]`` is the ``i``-th pool entry (row, or
+    row * pos + position) of class key ``k``, in pool order; ``count[k]`` entries in all."""
+
+    order: Tensor
+    start: Tensor
+    count: Tensor
+
+    @classmethod
+    def of(cls, values: FeatureValues) -> "PoolIndex":
+        pool_keys = _keys(values.ids).flatten()  # [N] or [N * pos]
+        n_keys = values.n_classes * (values.ids.shape[1] if values.per_position else 1)
+        order = torch.sort(pool_keys, stable=True).indices
+        count = torch.bincount(pool_keys, minlength=n_keys)
+        return cls(order=order, start=torch.cumsum(count, 0) - count, count=count)
+
+
 def sample_matching(
     reference: Int[Tensor, "m"] | Int[Tensor, "m pos"],
     values: FeatureValues,
     generator: torch.Generator,
+    index: Optional["PoolIndex"] = None,
 ) -> Int[Tensor, "m"] | Int[Tensor, "m pos"]:
     """Draw, for each reference entry, a dataset row uniformly with replacement from its class.
 
@@ -291,6 +310,7 @@ def sample_matching(
             (a datum per row and position).
         values: the child's feature evaluated on the whole dataset (the pool).
         generator: the source of randomness.
+        index: ``PoolIndex.of(values)``, when the caller keeps it (it depends on the pool only).
 
     Returns:
         ``[m]`` rows for a per-example feature on a per-row reference; ``[m, pos]`` rows when the
@@ -309,12 +329,9 @@ def sample_matching(
                 f"this combination does not occur in a valid schedule"
             )
         ref_keys = ids[reference]  # [m]
-    pool_keys = _keys(ids).flatten()  # [N] or [N * pos]
-    sorted_keys, order = torch.sort(pool_keys, stable=True)
-    start = torch.searchsorted(sorted_keys, ref_keys, right=False)
-    stop = torch.searchsorted(sorted_keys, ref_keys, right=True)
-    count = stop - start  # >= 1: the reference row itself is in the pool
+    index = index if index is not None else PoolIndex.of(values)
+    start, count = index.start[ref_keys], index.count[ref_keys]  # count >= 1: the reference is in the pool
     uniform = torch.rand(ref_keys.shape, generator=generator, dtype=torch.float64, device=ids.device)
     pick = start + torch.minimum((uniform * count).long(), count - 1)
-    flat_rows = order[pick]
+    flat_rows = index.order[pick]
     return flat_rows // ids.shape[1] if values.per_position else flat_rows

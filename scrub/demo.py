@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from scrub.api import evaluate
+from scrub.api import evaluate_many
 from scrub.errors import ScrubError
 from scrub.hypfile import load_hypothesis_file
 from scrub.reporting.terminal import format_table, num, pct
@@ -32,11 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model: {getattr(model.cfg, 'model_name', type(model).__name__)}; dataset: {data!r}")
         rows = []
         start = time.perf_counter()
-        for h in spec.hypotheses():
-            r = evaluate(h, model, data, seeds=args.seeds, n=args.n)
+        hypotheses = list(spec.hypotheses())
+        # one call: the hypotheses share the reference rows, seeds, baseline and clean pass
+        results = evaluate_many(hypotheses, model, data, seeds=args.seeds, n=args.n)
+        for h, r in zip(hypotheses, results):
             lo, hi = r.ci
             rows.append([h.name, pct(r.loss_recovered), pct(r.stderr, 2), f"[{pct(lo)}, {pct(hi)}]", num(r.m_scrub)])
-        first = r
+        first = results[0]
         print()
         print(format_table(
             ["hypothesis", "loss recovered", "SE", f"{int(100 * first.ci_level)}% CI", first.metric],

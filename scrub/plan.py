@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from scrub.components import Component, Output
-from scrub.data import EXACT, Dataset, Feature, FeatureValues, sample_matching
+from scrub.data import EXACT, Dataset, Feature, FeatureValues, PoolIndex, sample_matching
 from scrub.errors import ScheduleError
 from scrub.hypothesis import Claim, Edge, Hypothesis, TreeSpec
 
@@ -166,12 +166,20 @@ class FeatureCache:
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
         self._values: dict[int, FeatureValues] = {}
+        self._indexes: dict[int, PoolIndex] = {}
 
     def __call__(self, feature: Feature) -> FeatureValues:
         key = id(feature)
         if key not in self._values:
             self._values[key] = feature.evaluate(self.dataset)
         return self._values[key]
+
+    def index(self, feature: Feature) -> PoolIndex:
+        """The pool grouped by ``feature``'s classes (for `scrub.data.sample_matching`), once per feature."""
+        key = id(feature)
+        if key not in self._indexes:
+            self._indexes[key] = PoolIndex.of(self(feature))
+        return self._indexes[key]
 
     def class_sizes(self, used: Optional[Sequence[Feature]] = None) -> dict[str, tuple[int, float, int]]:
         """(min, median, max) class size per evaluated feature (or per feature in ``used``)."""
@@ -256,7 +264,7 @@ class _Sampler:
         feature = spec.claim.feature
         if feature is EXACT or feature.exact:
             return parent_datum
-        return sample_matching(parent_datum, self.features(feature), self.generator)
+        return sample_matching(parent_datum, self.features(feature), self.generator, self.features.index(feature))
 
     def node(self, spec: TreeSpec, datum: Tensor) -> ScheduleNode:
         edge = spec.edge

@@ -305,3 +305,15 @@ def test_callable_metric_sees_every_position():
     r = scrub.evaluate(induction_like(model.cfg), model, DATA, metric=last_logit, n_boot=10)
     assert seen and not any(seen)
     assert r.loss_recovered == r.loss_recovered  # a number, not NaN
+
+
+def test_pruned_results_do_not_depend_on_chunk_size():
+    model = model_for(MODEL_MLP)
+    view = ModelView.from_hooked(model)
+    schedules = [scrub.plan(h, DATA, 5, model=model) for h in (with_mlp(model.cfg), induction_like(model.cfg))]
+    big = BatchedEngine(view, DATA, memory_budget_mb=4096)
+    tiny = BatchedEngine(view, DATA, memory_budget_mb=1e-9)
+    assert tiny.chunk_size(schedules, [3]) == 1 and big.chunk_size(schedules, [3]) == N_ROWS
+    for g, w in zip(tiny.run_many(schedules, positions=[3]), big.run_many(schedules, positions=[3])):
+        assert max_diff(g, w) < 1e-5
+    assert max_diff(tiny.clean_logits(torch.arange(N_ROWS), [0, 3]), big.clean_logits(torch.arange(N_ROWS))[:, [0, 3]]) < 1e-5

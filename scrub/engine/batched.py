@@ -31,7 +31,7 @@ from torch import Tensor
 
 from scrub.components import MLP, Component, Head, Output
 from scrub.data import Dataset
-from scrub.engine.cache import CleanCache, Key, cache_bytes, output_key, port_key
+from scrub.engine.cache import CleanCache, Key, cache_bytes, distinct_rows, output_key, port_key
 from scrub.engine.positions import Positions, node_positions, port_positions
 from scrub.engine.shared import representatives
 from scrub.errors import ScheduleError
@@ -82,7 +82,7 @@ class BatchedEngine:
     def run_many(
         self, schedules: Sequence[Schedule], positions: Optional[Sequence[int]] = None
     ) -> list[Float[Tensor, "n q vocab"]]:
-        """Logits ``[n, pos, vocab]`` for each schedule; all share one clean pass per chunk of rows.
+        """Logits of each schedule (``[n, pos, vocab]``); all share one clean pass and shared nodes.
 
         Args:
             schedules: schedules planned on this engine's dataset, with the same number of
@@ -108,7 +108,7 @@ class BatchedEngine:
         wanted = self._wanted(positions)
         needs, rows = self._cache_needs(schedules, wanted)
         shared = None
-        if cache_bytes(self.view, needs, len(torch.unique(rows))) <= self.memory_budget_mb * 2**20 * 0.6:
+        if cache_bytes(self.view, needs, len(distinct_rows(rows, len(self.data)))) <= self.memory_budget_mb * 2**20 * 0.6:
             shared = self._build_cache(needs, rows)  # one clean pass for every chunk
         size = self.chunk_size(schedules, wanted)
         outputs: list[list[Tensor]] = [[] for _ in schedules]

@@ -21,7 +21,7 @@ from scrub.components import MLP, Component, Embed, Head, Output, PosEmbed
 from scrub.errors import ScheduleError
 from scrub.model import CleanPass, ModelView
 
-__all__ = ["Key", "CleanCache", "output_key", "port_key", "cache_bytes", "COMPUTED", "PROJECTIONS"]
+__all__ = ["Key", "CleanCache", "output_key", "port_key", "cache_bytes", "distinct_rows", "COMPUTED", "PROJECTIONS"]
 
 Key = tuple
 COMPUTED = {("embed",), ("pos",)}  # read from the weights directly, never cached
@@ -70,6 +70,15 @@ def _read(clean: CleanPass, key: Key) -> Tensor:
     return clean.resid_final
 
 
+def distinct_rows(rows: Tensor, n_data: int) -> Tensor:
+    """The distinct values of ``rows`` (dataset row indices below ``n_data``), sorted: ``[u]``.
+
+    A mark per dataset row, not a sort: linear in the number of reads."""
+    used = torch.zeros(n_data, dtype=torch.bool, device=rows.device)
+    used[rows] = True
+    return used.nonzero().flatten()
+
+
 def width(view: ModelView, key: Key) -> int:
     """Features per position of ``key``: ``d_head`` for projections, else ``d_model``."""
     return view.config.d_head if key[0] in PROJECTIONS else view.config.d_model
@@ -97,7 +106,9 @@ class CleanCache:
 
     def __init__(self, view: ModelView, tokens: Tensor, rows: Tensor, needs: Mapping[Key, set[int]], sub_batch: int) -> None:
         self.view, self.tokens = view, tokens
-        self.rows = torch.unique(rows)  # [u] sorted dataset rows
+        self.rows = distinct_rows(rows, tokens.shape[0])  # [u] sorted dataset rows
+        self.slot = torch.full((tokens.shape[0],), -1, dtype=torch.long, device=rows.device)  # [N]
+        self.slot[self.rows] = torch.arange(len(self.rows), device=rows.device)  # dataset row -> cache row
         n_pos, device = tokens.shape[1], view.device
         stored = sorted(key for key in needs if key not in COMPUTED)
         self.stored_positions: dict[Key, frozenset[int]] = {}
@@ -120,8 +131,8 @@ class CleanCache:
                 self.values[key][start : start + sub_batch] = _read(clean, key)[:, self.positions[key]]
 
     def index(self, rows: Tensor) -> Tensor:
-        """Positions of dataset ``rows`` in the cache."""
-        return torch.searchsorted(self.rows, rows.contiguous())
+        """Positions of dataset ``rows`` in the cache (a lookup, any shape)."""
+        return self.slot[rows]
 
     def positions_tensor(self, positions: tuple[int, ...]) -> Tensor:
         """``positions`` as a long tensor on the device (memoised: the same few sets recur)."""
