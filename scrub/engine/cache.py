@@ -148,7 +148,7 @@ class CleanCache:
         every position of the dataset) take position ``t`` from row ``rows[i, t]``.
         """
         pos = self.positions_tensor(positions)  # [q]
-        if rows.ndim == 2:
+        if rows.ndim == 2 and len(positions) < rows.shape[1]:
             rows = rows[:, pos]  # [n, q]: the row read at each asked position
         if key in COMPUTED:
             n, d = rows.shape[0], self.view.config.d_model
@@ -157,7 +157,7 @@ class CleanCache:
                     return self.view.W_pos[pos].expand(n, len(positions), d)
                 return torch.zeros(n, len(positions), d, dtype=self.view.dtype, device=self.view.device)
             toks = self.tokens[rows[:, None], pos] if rows.ndim == 1 else self.tokens[rows, pos]  # [n, q]
-            return self.view.W_E[toks]  # [n, q, d]
+            return self.view.W_E.index_select(0, toks.flatten()).unflatten(0, toks.shape)  # [n, q, d]
         if not self.stored_positions[key].issuperset(positions):
             raise ScheduleError(
                 f"internal: the clean cache holds {key} at {sorted(self.stored_positions[key])}, "
@@ -165,8 +165,9 @@ class CleanCache:
             )
         table = self.values[key]  # [u, p_key, width]
         idx = self.index(rows)  # [n] or [n, q]
-        if rows.ndim == 2:
-            return table[idx, self.column[key][pos]]  # [n, q, width]
+        if rows.ndim == 2:  # entry (i, t) is row idx[i, t] at column t: one gather of flat entries
+            flat = (idx * table.shape[1] + self.column[key][pos]).flatten()  # [n * q]
+            return table.flatten(0, 1).index_select(0, flat).unflatten(0, idx.shape)  # [n, q, width]
         stored = self.stored_sorted[key]
         first = stored.index(positions[0])
         if stored[first : first + len(positions)] == positions:  # a run of stored columns: a plain row gather
