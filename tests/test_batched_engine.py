@@ -114,6 +114,18 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
+def property_settings(max_examples: int):
+    """Hypothesis settings of the engine property tests: reproducible in CI (derandomized, no
+    example database); change the config list or max_examples to explore more."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
 # ---- features and the hypothesis strategy -----------------------------------------------------
 
 FIRST = Feature("first", lambda d: d.tokens[:, 0])  # per example
@@ -183,13 +195,7 @@ def hypotheses(draw, cfg, n_pos: int = N_POS) -> Hypothesis:
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
-@settings(
-    max_examples=10,
-    deadline=None,
-    derandomize=True,  # reproducible in CI; change the config list or max_examples to explore more
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(10)
 @given(data=st.data(), seed=st.integers(0, 2**16))
 def test_batched_equals_reference_random_hypotheses(config, data, seed):
     model = model_for(config)
@@ -294,13 +300,7 @@ def test_run_many_equals_run_alone(config):
     assert batched.run_many([]) == []
 
 
-@settings(
-    max_examples=10,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(10)
 @given(data=st.data(), seeds=st.lists(st.integers(0, 2**16), min_size=2, max_size=4))
 def test_run_many_random_hypotheses(data, seeds):
     """Random hypotheses (and the root-only baseline) in one call equal each run alone."""
@@ -464,3 +464,28 @@ def test_run_many_with_different_reference_counts_is_refused():
     with pytest.raises(ScheduleError):
         batched.run_many([part, full])
     assert len(batched.run_many([part, scrub.plan(root_only(), DATA, 1, reference=torch.arange(5, 15))])) == 2
+
+
+def test_cache_budget_regimes(monkeypatch):
+    """The clean cache is built once when it fits 60% of the budget, still once (with smaller
+    chunks) up to 80%, and once per chunk beyond; the results are the same in every regime."""
+    from scrub.engine.cache import cache_bytes, distinct_rows
+
+    model = model_for(MODEL_MLP)
+    view = ModelView.from_hooked(model)
+    schedules = [scrub.plan(h, DATA, 3, model=model) for h in fixed_hypotheses(MODEL_MLP)]
+    probe = BatchedEngine(view, DATA)
+    needs, rows = probe._cache_needs(schedules, tuple(range(N_POS)))
+    need_mb = cache_bytes(view, needs, len(distinct_rows(rows, len(DATA)))) / 2**20
+    passes = []
+    original = ModelView.clean_pass
+    monkeypatch.setattr(ModelView, "clean_pass", lambda self, tokens, **kw: passes.append(len(tokens)) or original(self, tokens, **kw))
+    want = probe.run_many(schedules)
+    for share, one_pass in ((0.5, True), (0.7, True), (0.95, False)):
+        engine = BatchedEngine(view, DATA, memory_budget_mb=need_mb / share)
+        passes.clear()
+        got = engine.run_many(schedules)
+        cached_rows = sum(passes)
+        assert (cached_rows == len(distinct_rows(rows, len(DATA)))) == one_pass, (share, passes)
+        for g, w in zip(got, want):
+            assert close(g, w, atol=1e-5), share

@@ -18,7 +18,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import scrub
@@ -41,6 +41,7 @@ from test_batched_engine import (
     induction_like,
     max_diff,
     model_for,
+    property_settings,
     with_mlp,
 )
 
@@ -52,13 +53,7 @@ ATOL = 1e-4
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
-@settings(
-    max_examples=8,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(8)
 @given(data=st.data(), seed=st.integers(0, 2**16))
 def test_pruned_run_equals_reference_at_asked_positions(config, data, seed):
     model = model_for(config)

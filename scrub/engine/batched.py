@@ -53,9 +53,10 @@ class BatchedEngine:
     Args:
         model: a TransformerLens ``HookedTransformer`` (read into a `ModelView`) or a ModelView.
         data: the dataset every schedule indexes into.
-        memory_budget_mb: a rough bound on the engine's working memory: up to 60% holds the clean
-            cache (built once for all chunks when it fits, else once per chunk), 30% the node
-            values of one chunk of reference rows, 10% one sub-batch of the clean pass.
+        memory_budget_mb: a rough bound on the engine's working memory: 60% holds the clean cache
+            and 30% the node values of one chunk of reference rows, 10% one sub-batch of the
+            clean pass. A cache that needs more than 60% may take up to 80%, with chunks sized
+            from what is left; a larger one is built once per chunk (the clean pass repeats).
         device: where to compute (default: the model's device); dtype follows the model.
     """
 
@@ -107,10 +108,14 @@ class BatchedEngine:
                 )
         wanted = self._wanted(positions)
         needs, rows = self._cache_needs(schedules, wanted)
-        shared = None
-        if cache_bytes(self.view, needs, len(distinct_rows(rows, len(self.data)))) <= self.memory_budget_mb * 2**20 * 0.6:
+        budget = self.memory_budget_mb * 2**20
+        need = cache_bytes(self.view, needs, len(distinct_rows(rows, len(self.data))))
+        shared, size = None, self.chunk_size(schedules, wanted)
+        if need <= 0.6 * budget:
             shared = self._build_cache(needs, rows)  # one clean pass for every chunk
-        size = self.chunk_size(schedules, wanted)
+        elif need <= 0.8 * budget:  # still one clean pass; the chunks get what the cache leaves
+            shared = self._build_cache(needs, rows)
+            size = self.chunk_size(schedules, wanted, node_bytes=0.9 * budget - need)
         outputs: list[list[Tensor]] = [[] for _ in schedules]
         for start in range(0, n, size):
             index = torch.arange(start, min(n, start + size), device=schedules[0].reference.device)
@@ -130,9 +135,12 @@ class BatchedEngine:
         parts = [self.view.forward(self.tokens[rows[i : i + size]], positions=pos) for i in range(0, len(rows), size)]
         return torch.cat(parts) if parts else self._logits(0, len(wanted))
 
-    def chunk_size(self, schedules: Sequence[Schedule], positions: Optional[Sequence[int]] = None) -> int:
-        """Reference rows per chunk so that one chunk's node values stay within the memory budget
-        (with ``positions``: when only the logits there are asked for)."""
+    def chunk_size(
+        self, schedules: Sequence[Schedule], positions: Optional[Sequence[int]] = None, node_bytes: Optional[float] = None
+    ) -> int:
+        """Reference rows per chunk so that one chunk's node values stay within ``node_bytes``
+        (default: 30% of the memory budget); with ``positions``: when only the logits there are
+        asked for."""
         c = self.view.config
         wanted = self._wanted(positions)
         cells = sum(len(at) for at in self._needed(schedules, wanted).values())  # node values, in positions
@@ -140,7 +148,8 @@ class BatchedEngine:
         per_row = (cells + 4 * max(self.data.n_pos, cells // 4)) * c.d_model
         per_row += len(schedules) * len(wanted) * c.d_vocab_out  # the logits
         per_row *= self.view.dtype.itemsize
-        return max(1, min(schedules[0].n_rows, int(self.memory_budget_mb * 2**20 * 0.3 // per_row)))
+        available = self.memory_budget_mb * 2**20 * 0.3 if node_bytes is None else node_bytes
+        return max(1, min(schedules[0].n_rows, int(available // per_row)))
 
     # ---- planning what to compute -------------------------------------------------------------
 
