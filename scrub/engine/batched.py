@@ -258,7 +258,8 @@ class BatchedEngine:
         groups: dict[tuple, list[ScheduleNode]] = defaultdict(list)
         for node in nodes:
             c = node.component
-            groups[(type(c), c.head if isinstance(c, Head) else 0, len(needed[id(node)]) if isinstance(c, Head) else 0)].append(node)
+            key = (Head, c.head, len(needed[id(node)])) if isinstance(c, Head) else (type(c), 0, 0)
+            groups[key].append(node)
         for (kind, _, _), group in groups.items():
             if kind is Head:
                 outs = self._heads(group, cache, values, needed)
