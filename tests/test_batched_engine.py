@@ -475,7 +475,7 @@ def test_cache_budget_regimes(monkeypatch):
     view = ModelView.from_hooked(model)
     schedules = [scrub.plan(h, DATA, 3, model=model) for h in fixed_hypotheses(MODEL_MLP)]
     probe = BatchedEngine(view, DATA)
-    needs, rows = probe._cache_needs(schedules, tuple(range(N_POS)))
+    needs, rows = probe._cache_needs(schedules, probe._needed(schedules, tuple(range(N_POS))))
     need_mb = cache_bytes(view, needs, len(distinct_rows(rows, len(DATA)))) / 2**20
     passes = []
     original = ModelView.clean_pass

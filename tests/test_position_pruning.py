@@ -137,7 +137,7 @@ def test_cache_keeps_only_needed_positions():
     top = h.claim(Head(1, 1), EXACT, into=out)
     h.claim(Head(0, 0), Feature.any(), into=(top, "k"))
     s = scrub.plan(h, DATA, 0, model=model)
-    needs, _ = batched._cache_needs([s], (2,))
+    needs, _ = batched._cache_needs([s], batched._needed([s], (2,)))
     assert needs[("final",)] == {2}  # the output reads position 2 only
     assert needs[("head", 1, 1)] == {2}  # head 1.1's clean output, subtracted at the output's port
     assert needs[("resid_pre", 1)] == {0, 1, 2}  # head 1.1's k port (patched by its child), keys 0..2
@@ -156,7 +156,8 @@ def test_cache_keeps_only_needed_positions():
     # a bidirectional model reads every key
     model_b = model_for(MODEL_MLP)
     batched_b, _ = engines_for(MODEL_MLP)
-    needs_b, _ = batched_b._cache_needs([scrub.plan(h, DATA, 0, model=model_b)], (2,))
+    s_b = scrub.plan(h, DATA, 0, model=model_b)
+    needs_b, _ = batched_b._cache_needs([s_b], batched_b._needed([s_b], (2,)))
     assert needs_b[("resid_pre", 1)] == set(range(N_POS)) and needs_b[("final",)] == {2}
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from scrub.components import MLP, Component, Head, Output
 from scrub.data import Dataset
 from scrub.engine.cache import CleanCache, Key, cache_bytes, distinct_rows, output_key, port_key
-from scrub.engine.positions import Positions, node_positions, port_positions
+from scrub.engine.positions import Positions, asked_positions, node_positions, port_positions
 from scrub.engine.shared import representatives
 from scrub.errors import ScheduleError
 from scrub.model import ModelView
@@ -107,21 +107,21 @@ class BatchedEngine:
                     f"{s.n_rows}, the first has {n}"
                 )
         wanted = self._wanted(positions)
-        needs, rows = self._cache_needs(schedules, wanted)
+        needed = self._needed(schedules, wanted)
+        needs, rows = self._cache_needs(schedules, needed)
         budget = self.memory_budget_mb * 2**20
         need = cache_bytes(self.view, needs, len(distinct_rows(rows, len(self.data))))
-        shared, size = None, self.chunk_size(schedules, wanted)
-        if need <= 0.6 * budget:
-            shared = self._build_cache(needs, rows)  # one clean pass for every chunk
-        elif need <= 0.8 * budget:  # still one clean pass; the chunks get what the cache leaves
-            shared = self._build_cache(needs, rows)
-            size = self.chunk_size(schedules, wanted, node_bytes=0.9 * budget - need)
+        shared = self._build_cache(needs, rows) if need <= 0.8 * budget else None  # one clean pass for all chunks
+        # a cache above 60% of the budget leaves the chunks what it does not take
+        available = 0.9 * budget - need if 0.6 * budget < need <= 0.8 * budget else 0.3 * budget
+        size = self._rows_per_chunk(schedules, wanted, needed, available)
         outputs: list[list[Tensor]] = [[] for _ in schedules]
         for start in range(0, n, size):
             index = torch.arange(start, min(n, start + size), device=schedules[0].reference.device)
             chunk = [s.select(index) if size < n else s for s in schedules]
-            cache = shared if shared is not None else self._build_cache(*self._cache_needs(chunk, wanted))
-            for i, logits in enumerate(self._run_chunk(chunk, cache, wanted)):
+            chunk_needed = needed if size >= n else self._needed(chunk, wanted)
+            cache = shared if shared is not None else self._build_cache(*self._cache_needs(chunk, chunk_needed))
+            for i, logits in enumerate(self._run_chunk(chunk, cache, wanted, chunk_needed)):
                 outputs[i].append(logits)
         return [torch.cat(parts) for parts in outputs]
 
@@ -141,26 +141,25 @@ class BatchedEngine:
         """Reference rows per chunk so that one chunk's node values stay within ``node_bytes``
         (default: 30% of the memory budget); with ``positions``: when only the logits there are
         asked for."""
-        c = self.view.config
         wanted = self._wanted(positions)
-        cells = sum(len(at) for at in self._needed(schedules, wanted).values())  # node values, in positions
+        available = self.memory_budget_mb * 2**20 * 0.3 if node_bytes is None else node_bytes
+        return self._rows_per_chunk(schedules, wanted, self._needed(schedules, wanted), available)
+
+    def _rows_per_chunk(
+        self, schedules: Sequence[Schedule], wanted: Positions, needed: dict[int, Positions], available: float
+    ) -> int:
+        c = self.view.config
+        cells = sum(len(at) for at in needed.values())  # node values, in positions
         # per reference row: every node keeps its value, and a batched call holds ~4 inputs/outputs
         per_row = (cells + 4 * max(self.data.n_pos, cells // 4)) * c.d_model
         per_row += len(schedules) * len(wanted) * c.d_vocab_out  # the logits
         per_row *= self.view.dtype.itemsize
-        available = self.memory_budget_mb * 2**20 * 0.3 if node_bytes is None else node_bytes
         return max(1, min(schedules[0].n_rows, int(available // per_row)))
 
     # ---- planning what to compute -------------------------------------------------------------
 
     def _wanted(self, positions: Optional[Sequence[int]]) -> Positions:
-        n_pos = self.data.n_pos
-        if positions is None:
-            return tuple(range(n_pos))
-        wanted = tuple(sorted({int(t) for t in positions}))
-        if wanted and not (0 <= wanted[0] and wanted[-1] < n_pos):
-            raise ScheduleError(f"positions {list(wanted)} fall outside the dataset's 0..{n_pos - 1}")
-        return wanted
+        return asked_positions(positions, self.data.n_pos)
 
     def _needed(self, schedules: Sequence[Schedule], wanted: Positions) -> dict[int, Positions]:
         causal = self.view.config.causal
@@ -169,9 +168,11 @@ class BatchedEngine:
             found.update(node_positions(s.root, wanted, self.data.n_pos, causal))
         return found
 
-    def _cache_needs(self, schedules: Sequence[Schedule], wanted: Positions) -> tuple[dict[Key, set[int]], Tensor]:
-        """The clean-pass quantities the schedules read, at which positions, and on which rows."""
-        needed = self._needed(schedules, wanted)
+    def _cache_needs(
+        self, schedules: Sequence[Schedule], needed: dict[int, Positions]
+    ) -> tuple[dict[Key, set[int]], Tensor]:
+        """The clean-pass quantities the schedules read (their nodes needed at ``needed``), at
+        which positions, and on which rows."""
         causal, n_pos = self.view.config.causal, self.data.n_pos
         needs: dict[Key, set[int]] = defaultdict(set)
         rows: list[Tensor] = [torch.zeros(0, dtype=torch.long, device=self.data.device)]
@@ -214,10 +215,11 @@ class BatchedEngine:
 
     # ---- one chunk ----------------------------------------------------------------------------
 
-    def _run_chunk(self, schedules: Sequence[Schedule], cache: CleanCache, wanted: Positions) -> list[Tensor]:
+    def _run_chunk(
+        self, schedules: Sequence[Schedule], cache: CleanCache, wanted: Positions, needed: dict[int, Positions]
+    ) -> list[Tensor]:
         """Each schedule's logits on one chunk: every needed node at its needed positions, each
         distinct value computed once (`scrub.engine.shared`)."""
-        needed = self._needed(schedules, wanted)
         same = representatives(schedules, needed)  # id(node) -> id(the node whose value it shares)
         nodes = [node for s in schedules for node in s.root.walk() if id(node) in needed]
         device = self.view.device

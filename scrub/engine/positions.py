@@ -18,14 +18,29 @@ so the numbers there are unchanged (the engine-versus-reference tests check it).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional, Sequence
 
 from scrub.components import Head
+from scrub.errors import ScheduleError
 from scrub.plan import ScheduleNode
 
-__all__ = ["Positions", "port_positions", "node_positions"]
+__all__ = ["Positions", "asked_positions", "port_positions", "node_positions"]
 
 Positions = tuple[int, ...]  # sorted, distinct
+
+
+def asked_positions(positions: Optional[Sequence[int]], n_pos: int) -> Positions:
+    """``positions`` sorted and distinct (``None``: every one of ``0..n_pos-1``).
+
+    Raises:
+        ScheduleError: a position outside the dataset's ``0..n_pos-1``.
+    """
+    if positions is None:
+        return tuple(range(n_pos))
+    asked = tuple(sorted({int(t) for t in positions}))
+    if asked and not (0 <= asked[0] and asked[-1] < n_pos):
+        raise ScheduleError(f"positions {list(asked)} fall outside the dataset's 0..{n_pos - 1}")
+    return asked
 
 
 def port_positions(component, needed: Positions, n_pos: int, causal: bool) -> dict[str, Positions]:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from scrub.components import MLP, Component, Head, Output, hooks
 from scrub.data import Dataset
+from scrub.engine.positions import asked_positions
 from scrub.errors import ScheduleError, UnsupportedModelError
 from scrub.plan import Schedule, ScheduleNode
 
@@ -171,7 +172,7 @@ def _only(logits: Tensor, positions: Optional[Sequence[int]]) -> Tensor:
     """``logits [n, pos, vocab]`` at ``positions`` only (sorted): ``[n, q, vocab]``."""
     if positions is None:
         return logits
-    return logits[:, sorted({int(t) for t in positions})]
+    return logits[:, list(asked_positions(positions, logits.shape[1]))]
 
 
 def _select(component: Component, value: Tensor) -> Tensor:

@@ -336,13 +336,13 @@ class ModelView:
                 f"(layer {layer} has {self.config.n_heads} heads)"
             )
         unique = torch.unique(head_index)
-        q_pos = q_positions
+        q_pos = None if q_positions is None else torch.as_tensor(q_positions, device=self.device)
         if len(unique) == 1:  # one head: its weights broadcast over every row
             h = int(unique[0])
             z = self._attend(layer, slice(h, h + 1), q_in, k_in, v_in, q_pos)  # [b, 1, q, e]
             return z[:, 0] @ self.W_O[layer, h]  # [b, q, d_model]
         # several heads: one call per head on the rows that use it
-        per_row = q_pos is not None and torch.as_tensor(q_pos).ndim == 2
+        per_row = q_pos is not None and q_pos.ndim == 2
         out = q_in.new_empty(q_in.shape)  # [b, q, d_model]
         for h in unique.tolist():
             rows = (head_index == h).nonzero().flatten()
