@@ -108,11 +108,23 @@ Component = Union[Head, MLP, Embed, PosEmbed, Output]
 WRITERS = (Head, MLP, Embed, PosEmbed)
 
 
-def stage(component: Component, n_layers: int) -> int:
-    """Position of ``component`` in the order the residual stream is built."""
+def stage(component: Component, n_layers: int, parallel_blocks: bool = False) -> int:
+    """Position of ``component`` in the order the residual stream is built.
+
+    Embeddings are 0, the heads of layer ``l`` ``2l+1``, its MLP ``2l+2``, the output last. With
+    ``parallel_blocks`` (GPT-J / GPT-NeoX: attention and MLP of one layer both read the layer's
+    input residual stream) the MLP of layer ``l`` shares its heads' stage ``2l+1``.
+    """
     if isinstance(component, Output):
         return component.stage_for(n_layers)
+    if parallel_blocks and isinstance(component, MLP):
+        return 2 * component.layer + 1
     return component.stage
+
+
+def is_upstream(child: Component, parent: Component, n_layers: int, parallel_blocks: bool = False) -> bool:
+    """Whether ``child``'s output is part of the residual stream that ``parent`` reads."""
+    return stage(child, n_layers, parallel_blocks) < stage(parent, n_layers, parallel_blocks)
 
 
 def ports_of(component: Component) -> tuple[Port, ...]:
@@ -205,6 +217,7 @@ __all__ = [
     "IN_PORTS",
     "WRITERS",
     "stage",
+    "is_upstream",
     "ports_of",
     "hooks",
 ]

@@ -439,6 +439,68 @@ def test_upstream_children_are_accepted():
     h.validate(SHAPE)
 
 
+PARALLEL = ModelShape(n_layers=2, n_heads=3, n_ctx=N_CTX, attn_only=False, parallel_blocks=True)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_parallel_blocks_a_head_does_not_feed_the_mlp_of_its_layer(layer):
+    """GPT-J / GPT-NeoX: attention and MLP of one layer read the same residual stream."""
+    h = Hypothesis("parallel")
+    m = h.claim(MLP(layer), EXACT, into=h.output())
+    h.claim(Head(layer, 1), EXACT, into=m)
+    h.validate(SHAPE)  # sequential blocks: the head runs before the MLP of its layer
+    with pytest.raises(HypothesisError) as err:
+        h.validate(PARALLEL)
+    message = str(err.value)
+    assert f"Head({layer}.1) -> MLP({layer}).in: Head({layer}.1) is not upstream of MLP({layer})" in message
+    assert "run in parallel on the same residual stream" in message  # the rule
+    assert "claim the head into an MLP of a later layer" in message  # the fix
+    # the MLP of a layer does not feed that layer's heads either, in both kinds of model
+    g = Hypothesis("mlp into head")
+    hd = g.claim(Head(layer, 0), EXACT, into=g.output())
+    g.claim(MLP(layer), EXACT, into=(hd, "q"))
+    for shape in (SHAPE, PARALLEL):
+        with pytest.raises(HypothesisError, match=re.escape(f"MLP({layer}) is not upstream of Head({layer}.0)")):
+            g.validate(shape)
+
+
+def test_parallel_blocks_keep_every_cross_layer_edge():
+    h = Hypothesis("parallel ok")
+    out = h.output()
+    m1 = h.claim(MLP(1), EXACT, into=out)
+    h11 = h.claim(Head(1, 1), EXACT, into=out)
+    m0 = h.claim(MLP(0), EXACT, into=[(m1, "in"), (h11, "k")])
+    h.claim(Head(0, 2), EXACT, into=[m1, (h11, "q")])
+    h.claim(Embed(), EXACT, into=[m0, (h11, "v")])
+    h.validate(PARALLEL)
+    h.validate(SHAPE)
+
+
+def test_parallel_blocks_read_from_a_model_config():
+    base = dict(n_layers=2, n_heads=3, n_ctx=N_CTX, attn_only=False)
+    tl = types.SimpleNamespace(cfg=types.SimpleNamespace(**base, parallel_attn_mlp=True))
+    view = types.SimpleNamespace(config=types.SimpleNamespace(**base, parallel_blocks=True))
+    plain = types.SimpleNamespace(cfg=types.SimpleNamespace(**base, parallel_attn_mlp=False))
+    assert ModelShape.of(tl).parallel_blocks and ModelShape.of(view).parallel_blocks
+    assert not ModelShape.of(plain).parallel_blocks
+    h = Hypothesis("parallel")
+    h.claim(Head(0, 0), EXACT, into=h.claim(MLP(0), EXACT, into=h.output()))
+    for model in (tl, view):
+        with pytest.raises(HypothesisError, match=r"Head\(0.0\) is not upstream of MLP\(0\)"):
+            h.validate(model)
+    h.validate(plain)
+
+
+def test_parallel_blocks_read_from_a_hooked_transformer():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_vocab=5, d_mlp=16,
+        act_fn="relu", parallel_attn_mlp=True,
+    )
+    assert ModelShape.of(HookedTransformer(cfg)).parallel_blocks
+
+
 def test_positions_out_of_range():
     h = Hypothesis("pos")
     h.claim(Head(0, 0), EXACT, into=h.output(), positions=[0, N_CTX])

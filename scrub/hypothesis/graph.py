@@ -1,0 +1,112 @@
+"""Reading a hypothesis's graph: its edges, a claim's children and parents, finding a claim,
+the model-independent structure check, treeification and the printed tree.
+
+Plain functions of a `Hypothesis` (its graph ``_graph`` holds claims as nodes and each `Edge`
+under the ``edge`` key, child -> parent, keyed by port); the class's methods delegate here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import networkx as nx
+
+from scrub.errors import HypothesisError
+from scrub.hypothesis.values import Claim, Edge, TreeSpec
+
+if TYPE_CHECKING:
+    from scrub.hypothesis.core import Hypothesis
+
+__all__ = ["root", "edges", "children", "parents", "find", "check_structure", "tree", "describe"]
+
+
+def root(h: "Hypothesis") -> Claim:
+    if h._root is None:
+        raise HypothesisError(f"{h.name}: the hypothesis has no output yet; call h.output() first")
+    return h._root
+
+
+def edges(h: "Hypothesis") -> tuple[Edge, ...]:
+    """All edges, in insertion order."""
+    found = [data["edge"] for _, _, data in h._graph.edges(data=True)]
+    return tuple(sorted(found, key=lambda e: e.seq))
+
+
+def children(h: "Hypothesis", claim: Claim) -> tuple[Edge, ...]:
+    """Edges into ``claim``, in the order their children were claimed."""
+    found = [data["edge"] for _, _, data in h._graph.in_edges(claim, data=True)]
+    return tuple(sorted(found, key=lambda e: (e.child.index, e.seq)))
+
+
+def parents(h: "Hypothesis", claim: Claim) -> tuple[Edge, ...]:
+    """Edges out of ``claim``, in insertion order."""
+    found = [data["edge"] for _, _, data in h._graph.out_edges(claim, data=True)]
+    return tuple(sorted(found, key=lambda e: e.seq))
+
+
+def find(h: "Hypothesis", name_or_component) -> Claim:
+    """The claim with this name, or the only claim of this component."""
+    hits = [c for c in h._claims if c.name == name_or_component or c.component == name_or_component]
+    if len(hits) != 1:
+        raise HypothesisError(
+            f"{h.name}: find({name_or_component!r}) matched {len(hits)} claims; "
+            f"claims are {[c.name for c in h._claims]}"
+        )
+    return hits[0]
+
+
+def check_structure(h: "Hypothesis") -> None:
+    """Model-independent checks: an output exists, no cycle, every claim reaches the output."""
+    top = root(h)
+    if not nx.is_directed_acyclic_graph(h._graph):
+        cycle = nx.find_cycle(h._graph)
+        raise HypothesisError(
+            f"{h.name}: the claims form a cycle {[(str(a), str(b)) for a, b, *_ in cycle]}; "
+            f"a hypothesis must be acyclic (remove one of these edges)"
+        )
+    for claim in h._claims:
+        if claim is top:
+            continue
+        if h._graph.out_degree(claim) == 0:
+            raise HypothesisError(f"{h.name}: claim {claim} feeds nothing; connect it with into=... or drop it")
+        if not nx.has_path(h._graph, claim, top):
+            raise HypothesisError(f"{h.name}: claim {claim} does not reach the output")
+
+
+def tree(h: "Hypothesis") -> TreeSpec:
+    """The treeified hypothesis: one `TreeSpec` per path from a claim to the root."""
+    check_structure(h)
+
+    def build(claim: Claim, edge: Optional[Edge], path: tuple[str, ...]) -> TreeSpec:
+        kids = tuple(
+            build(e.child, e, path + (f"{e.child.name}->{e.parent.name}.{e.port}",))
+            for e in children(h, claim)
+        )
+        return TreeSpec(claim=claim, edge=edge, children=kids, path=path)
+
+    top = root(h)
+    return build(top, None, (top.name,))
+
+
+def describe(h: "Hypothesis") -> str:
+    """The hypothesis drawn as an indented tree, one line per treeified claim."""
+    lines = [f"Hypothesis {h.name!r}"]
+    if h._root is None:
+        return lines[0] + " (empty)"
+
+    def show(node: TreeSpec, indent: str) -> None:
+        for child in node.children:
+            e = child.edge
+            where = "" if e.positions is None else f" @pos{list(e.positions)}"
+            kind = "leaf" if child.is_leaf else f"{len(child.children)} children"
+            kind = "inputs resampled" if child.claim.scrub_inputs and not child.children else kind
+            lines.append(f"{indent}<-{e.port}{where}- {child.claim.name} [{child.claim.feature}] ({kind})")
+            show(child, indent + "    ")
+
+    lines.append("output")
+    try:
+        unrolled = tree(h)
+    except HypothesisError as exc:
+        return "\n".join(lines + [f"  (cannot draw the tree: {exc})"])
+    show(unrolled, "  ")
+    return "\n".join(lines)
