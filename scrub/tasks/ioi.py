@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import operator
 import re
-import string
 from collections import Counter
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -39,6 +38,7 @@ import torch
 
 from scrub.data import Dataset, Feature
 from scrub.errors import DatasetError
+from scrub.tasks.text import WordTokenizer, encoder, is_single_token, pieces, special_id
 
 __all__ = [
     "ioi", "ioi_features", "ioi_layout", "ioi_word_tokenizer", "is_single_token", "WordTokenizer",
@@ -86,59 +86,6 @@ IOI_OBJECTS: tuple[str, ...] = (
 
 _SLOTS = ("N1", "N2", "S2", "PLACE", "OBJECT")
 _SLOT_RE = re.compile(r"\{(" + "|".join(_SLOTS) + r")\}")
-_PIECE_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
-
-
-# ---- tokenizers ---------------------------------------------------------------------------------
-
-
-class WordTokenizer:
-    """A deterministic word-level tokenizer for offline tests (GPT-2-like pre-tokenization).
-
-    Text splits like GPT-2's pre-tokenizer: a word with its leading space (``" Mary"``), a run of
-    punctuation (``","``), digits. A piece in the vocabulary is one token; any other piece falls
-    back to one token per character (so an unknown word is several tokens, as with BPE). Id 0 is
-    ``"<|endoftext|>"``, used as BOS, EOS and padding (like GPT-2).
-
-    Args:
-        words: the pieces that are single tokens (with their leading space where they have one).
-    """
-
-    special = "<|endoftext|>"
-
-    def __init__(self, words: Iterable[str]) -> None:
-        chars = list(string.ascii_letters + string.digits + " .,;:'!?-")
-        vocab = [self.special] + sorted(set(words) - {self.special} - set(chars)) + chars
-        self.vocab: tuple[str, ...] = tuple(vocab)
-        self._ids = {piece: i for i, piece in enumerate(self.vocab)}
-        self.bos_token_id = self.eos_token_id = self.pad_token_id = 0
-
-    vocab_size = property(lambda self: len(self.vocab))
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of ``text`` (no BOS is added)."""
-        ids: list[int] = []
-        for piece in _PIECE_RE.findall(text):
-            if piece in self._ids:
-                ids.append(self._ids[piece])
-            else:
-                for char in piece:
-                    if char not in self._ids:
-                        raise DatasetError(
-                            f"WordTokenizer: character {char!r} of {text!r} is not in the vocabulary "
-                            f"(letters, digits and basic punctuation only)"
-                        )
-                    ids.append(self._ids[char])
-        return ids
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.vocab[int(i)] for i in ids)
-
-    def __repr__(self) -> str:
-        return f"WordTokenizer(vocab_size={self.vocab_size})"
 
 
 def ioi_word_tokenizer(extra_words: Iterable[str] = ()) -> WordTokenizer:
@@ -152,53 +99,10 @@ def ioi_word_tokenizer(extra_words: Iterable[str] = ()) -> WordTokenizer:
     for template in IOI_TEMPLATES:
         for kind, text in _parse(template):
             if kind == "lit":
-                words.update(_PIECE_RE.findall(text))
+                words.update(pieces(text))
     words.update(" " + word for word in (*IOI_NAMES, *IOI_PLACES, *IOI_OBJECTS))
     words.update(extra_words)
     return WordTokenizer(w for w in words if w.strip())
-
-
-def _encoder(tokenizer: Any) -> Callable[[str], list[int]]:
-    """``text -> list of ids`` for a HuggingFace tokenizer, an object with ``encode``, or a callable."""
-    encode = getattr(tokenizer, "encode", None)
-    if encode is None:
-        if not callable(tokenizer):
-            raise DatasetError(
-                f"ioi(): tokenizer must have an encode(str) -> list[int] method or be a callable "
-                f"str -> list[int], got {type(tokenizer).__name__}"
-            )
-        encode = tokenizer
-    try:
-        encode("a", add_special_tokens=False)
-        call = lambda text: encode(text, add_special_tokens=False)  # noqa: E731
-    except TypeError:
-        call = encode
-
-    def run(text: str) -> list[int]:
-        ids = call(text)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        if isinstance(ids, torch.Tensor):
-            ids = ids.flatten().tolist()
-        ids = [int(i) for i in ids]
-        if any(i < 0 for i in ids):
-            raise DatasetError(f"ioi(): the tokenizer returned negative ids for {text!r}: {ids}")
-        return ids
-
-    return run
-
-
-def _special_id(tokenizer: Any, *names: str) -> int:
-    for name in names:
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return 0
-
-
-def is_single_token(tokenizer: Any, word: str) -> bool:
-    """Whether ``word`` (give it its leading space, e.g. ``" Mary"``) is one token."""
-    return len(_encoder(tokenizer)(word)) == 1
 
 
 # ---- templates ----------------------------------------------------------------------------------
@@ -352,7 +256,7 @@ def ioi(
     names = _words("names", names, IOI_NAMES, 3)
     places = _words("places", places, IOI_PLACES, 1)
     objects = _words("objects", objects, IOI_OBJECTS, 1)
-    enc = _cached(_encoder(tokenizer))
+    enc = _cached(encoder(tokenizer))
     parsed = [_parse(t) for t in templates]
     name_kinds = {k for p in parsed for k, slot in p if slot in ("N1", "N2", "S2") and k != "lit"}
     bad = sorted({_fill(k, w) for w in names for k in name_kinds if len(enc(_fill(k, w))) != 1})
@@ -384,8 +288,8 @@ def ioi(
     place = torch.randint(0, len(places), (n,), generator=g)  # [n]
     obj = torch.randint(0, len(objects), (n,), generator=g)  # [n]
 
-    bos = _special_id(tokenizer, "bos_token_id", "eos_token_id")
-    pad = _special_id(tokenizer, "pad_token_id", "eos_token_id")
+    bos = special_id(tokenizer, "bos_token_id", "eos_token_id")
+    pad = special_id(tokenizer, "pad_token_id", "eos_token_id")
     rows: list[list[int]] = []
     positions = []  # per row: N1, N2, S2, END
     draws = zip(*(t.tolist() for t in (template, dup_first, io, s, c, place, obj)))
@@ -461,7 +365,7 @@ def ioi_layout(data: Optional[Dataset] = None, *, prepend_bos: bool = True) -> d
     """
     if data is None:
         tokenizer = ioi_word_tokenizer()
-        enc = _encoder(tokenizer)
+        enc = encoder(tokenizer)
         layouts = {_template_layout(_parse(t), enc, prepend_bos) for t in IOI_TEMPLATES}
         if len(layouts) != 1:  # a guard on the templates above, not reachable by users
             raise DatasetError(f"ioi_layout(): the default templates disagree on their layout: {sorted(layouts)}")
