@@ -6,22 +6,19 @@ Plain functions of a `Hypothesis`; each either completes or leaves the hypothesi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import Iterable, Optional
 
 from scrub.components import WRITERS, Component, ports_of
 from scrub.data import Feature
 from scrub.errors import ComponentError, HypothesisError
 from scrub.hypothesis import graph
-from scrub.hypothesis.values import Claim, Edge, Into
-
-if TYPE_CHECKING:
-    from scrub.hypothesis.core import Hypothesis
+from scrub.hypothesis.values import Claim, Edge, HypothesisState, Into
 
 __all__ = ["claim", "connect", "add_claim", "add_edge", "check_member"]
 
 
 def claim(
-    h: "Hypothesis",
+    h: HypothesisState,
     component: Component,
     feature: Feature,
     into: Into,
@@ -53,7 +50,7 @@ def claim(
     return new
 
 
-def connect(h: "Hypothesis", child: Claim, into: Into, positions: Optional[Iterable[int]]) -> None:
+def connect(h: HypothesisState, child: Claim, into: Into, positions: Optional[Iterable[int]]) -> None:
     """Make an existing claim feed further ports or parents; all or nothing."""
     check_member(h, child, "connect")
     targets = _resolve_into(h, child.component, into)
@@ -69,7 +66,7 @@ def connect(h: "Hypothesis", child: Claim, into: Into, positions: Optional[Itera
 
 
 def add_claim(
-    h: "Hypothesis", component: Component, feature: Optional[Feature], name: str, scrub_inputs: bool = False
+    h: HypothesisState, component: Component, feature: Optional[Feature], name: str, scrub_inputs: bool = False
 ) -> Claim:
     """Append a claim (no edges yet); its index is its order of creation."""
     if any(c.name == name for c in h._claims):
@@ -83,7 +80,7 @@ def add_claim(
     return new
 
 
-def add_edge(h: "Hypothesis", child: Claim, parent: Claim, port: str, positions) -> Edge:
+def add_edge(h: HypothesisState, child: Claim, parent: Claim, port: str, positions) -> Edge:
     """Add the edge ``child -> parent.port``, refusing a second claim of one component into one port."""
     for edge in graph.children(h, parent):
         if edge.port == port and edge.child.component == child.component:
@@ -100,7 +97,7 @@ def add_edge(h: "Hypothesis", child: Claim, parent: Claim, port: str, positions)
     return edge
 
 
-def check_member(h: "Hypothesis", item: Claim, where: str) -> None:
+def check_member(h: HypothesisState, item: Claim, where: str) -> None:
     """Refuse anything that is not a claim of ``h`` (a claim of another hypothesis included)."""
     if not isinstance(item, Claim) or item.index >= len(h._claims) or h._claims[item.index] is not item:
         raise HypothesisError(
@@ -109,7 +106,7 @@ def check_member(h: "Hypothesis", item: Claim, where: str) -> None:
         )
 
 
-def _unique_name(h: "Hypothesis", base: str) -> str:
+def _unique_name(h: HypothesisState, base: str) -> str:
     names = {c.name for c in h._claims}
     if base not in names:
         return base
@@ -119,7 +116,7 @@ def _unique_name(h: "Hypothesis", base: str) -> str:
     return f"{base}#{i}"
 
 
-def _resolve_into(h: "Hypothesis", component: Component, into: Into) -> list[tuple[Claim, str]]:
+def _resolve_into(h: HypothesisState, component: Component, into: Into) -> list[tuple[Claim, str]]:
     is_pair = isinstance(into, tuple) and len(into) == 2 and isinstance(into[1], str)
     if isinstance(into, Claim) or is_pair:
         items = [into]
@@ -152,7 +149,7 @@ def _resolve_into(h: "Hypothesis", component: Component, into: Into) -> list[tup
     return resolved
 
 
-def _resolve_positions(h: "Hypothesis", component: Component, positions) -> Optional[tuple[int, ...]]:
+def _resolve_positions(h: HypothesisState, component: Component, positions) -> Optional[tuple[int, ...]]:
     if positions is None:
         return None
     if isinstance(positions, int):

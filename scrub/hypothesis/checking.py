@@ -3,20 +3,18 @@ positions within the context. Raised before any forward pass."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from scrub.components import MLP, Component, Head, PosEmbed, is_upstream
 from scrub.errors import ComponentError, HypothesisError
 from scrub.hypothesis import graph
 from scrub.hypothesis.shape import ModelShape
-
-if TYPE_CHECKING:
-    from scrub.hypothesis.core import Hypothesis
+from scrub.hypothesis.values import HypothesisState
 
 __all__ = ["validate", "check_component"]
 
 
-def validate(h: "Hypothesis", model, n_pos: Optional[int] = None) -> None:
+def validate(h: HypothesisState, model, n_pos: Optional[int] = None) -> None:
     """Check ``h`` against ``model`` (anything `ModelShape.of` reads) and a sequence length."""
     shape = ModelShape.of(model)
     graph.check_structure(h)

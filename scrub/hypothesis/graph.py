@@ -1,50 +1,46 @@
 """Reading a hypothesis's graph: its edges, a claim's children and parents, finding a claim,
 the model-independent structure check, treeification and the printed tree.
 
-Plain functions of a `Hypothesis` (its graph ``_graph`` holds claims as nodes and each `Edge`
-under the ``edge`` key, child -> parent, keyed by port); the class's methods delegate here.
+Plain functions of a hypothesis's state (`values.HypothesisState`); the class's methods delegate here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import networkx as nx
 
 from scrub.errors import HypothesisError
-from scrub.hypothesis.values import Claim, Edge, TreeSpec
-
-if TYPE_CHECKING:
-    from scrub.hypothesis.core import Hypothesis
+from scrub.hypothesis.values import Claim, Edge, HypothesisState, TreeSpec
 
 __all__ = ["root", "edges", "children", "parents", "find", "check_structure", "tree", "describe"]
 
 
-def root(h: "Hypothesis") -> Claim:
+def root(h: HypothesisState) -> Claim:
     if h._root is None:
         raise HypothesisError(f"{h.name}: the hypothesis has no output yet; call h.output() first")
     return h._root
 
 
-def edges(h: "Hypothesis") -> tuple[Edge, ...]:
+def edges(h: HypothesisState) -> tuple[Edge, ...]:
     """All edges, in insertion order."""
     found = [data["edge"] for _, _, data in h._graph.edges(data=True)]
     return tuple(sorted(found, key=lambda e: e.seq))
 
 
-def children(h: "Hypothesis", claim: Claim) -> tuple[Edge, ...]:
+def children(h: HypothesisState, claim: Claim) -> tuple[Edge, ...]:
     """Edges into ``claim``, in the order their children were claimed."""
     found = [data["edge"] for _, _, data in h._graph.in_edges(claim, data=True)]
     return tuple(sorted(found, key=lambda e: (e.child.index, e.seq)))
 
 
-def parents(h: "Hypothesis", claim: Claim) -> tuple[Edge, ...]:
+def parents(h: HypothesisState, claim: Claim) -> tuple[Edge, ...]:
     """Edges out of ``claim``, in insertion order."""
     found = [data["edge"] for _, _, data in h._graph.out_edges(claim, data=True)]
     return tuple(sorted(found, key=lambda e: e.seq))
 
 
-def find(h: "Hypothesis", name_or_component) -> Claim:
+def find(h: HypothesisState, name_or_component) -> Claim:
     """The claim with this name, or the only claim of this component."""
     hits = [c for c in h._claims if c.name == name_or_component or c.component == name_or_component]
     if len(hits) != 1:
@@ -55,7 +51,7 @@ def find(h: "Hypothesis", name_or_component) -> Claim:
     return hits[0]
 
 
-def check_structure(h: "Hypothesis") -> None:
+def check_structure(h: HypothesisState) -> None:
     """Model-independent checks: an output exists, no cycle, every claim reaches the output."""
     top = root(h)
     if not nx.is_directed_acyclic_graph(h._graph):
@@ -73,7 +69,7 @@ def check_structure(h: "Hypothesis") -> None:
             raise HypothesisError(f"{h.name}: claim {claim} does not reach the output")
 
 
-def tree(h: "Hypothesis") -> TreeSpec:
+def tree(h: HypothesisState) -> TreeSpec:
     """The treeified hypothesis: one `TreeSpec` per path from a claim to the root."""
     check_structure(h)
 
@@ -88,7 +84,7 @@ def tree(h: "Hypothesis") -> TreeSpec:
     return build(top, None, (top.name,))
 
 
-def describe(h: "Hypothesis") -> str:
+def describe(h: HypothesisState) -> str:
     """The hypothesis drawn as an indented tree, one line per treeified claim."""
     lines = [f"Hypothesis {h.name!r}"]
     if h._root is None:

@@ -1,18 +1,19 @@
-"""The values a hypothesis is made of: claims, edges and the nodes of its treeified form.
-
-All three are frozen; a `Hypothesis` creates them (users never build them by hand).
+"""The values a hypothesis is made of: claims, edges and the nodes of its treeified form (all
+frozen; a `Hypothesis` creates them), and `HypothesisState`, the state the package's functions
+read and change (a `Hypothesis` is one).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Protocol, Sequence, Union
 
 import attrs
+import networkx as nx
 
 from scrub.components import Component, Output
 from scrub.data import Feature
 
-__all__ = ["Claim", "Edge", "TreeSpec", "Into"]
+__all__ = ["Claim", "Edge", "TreeSpec", "Into", "HypothesisState"]
 
 
 @attrs.frozen
@@ -81,3 +82,20 @@ class TreeSpec:
 
 Into = Union[Claim, tuple[Claim, str], Sequence[Union[Claim, tuple[Claim, str]]]]
 """Where a claim feeds: a parent claim, a ``(parent, port)`` pair, or a list of them."""
+
+
+class HypothesisState(Protocol):
+    """What the functions of `building`, `graph`, `checking` and `variants` read and change.
+
+    ``_graph`` holds the claims as nodes and each `Edge` under the ``edge`` key (child -> parent,
+    keyed by port); ``_claims`` is in creation order (the root first); ``_next_edge`` numbers
+    edges in insertion order. Calling the type with a name gives an empty hypothesis.
+    """
+
+    name: str
+    _graph: nx.MultiDiGraph
+    _claims: list[Claim]
+    _root: Optional[Claim]
+    _next_edge: int
+
+    def __init__(self, name: str) -> None: ...

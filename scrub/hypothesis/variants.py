@@ -5,21 +5,18 @@ A variant is a new hypothesis of the same class; the original is never changed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import networkx as nx
 
 from scrub.errors import HypothesisError
 from scrub.hypothesis import building, graph
-from scrub.hypothesis.values import Claim, Edge
-
-if TYPE_CHECKING:
-    from scrub.hypothesis.core import Hypothesis
+from scrub.hypothesis.values import Claim, Edge, HypothesisState
 
 __all__ = ["without", "only_edges", "copy_keeping"]
 
 
-def without(h: "Hypothesis", claims: Iterable[Claim], name: Optional[str] = None) -> "Hypothesis":
+def without(h: HypothesisState, claims: Iterable[Claim], name: Optional[str] = None) -> HypothesisState:
     """A copy with ``claims`` removed, and every claim that then no longer reaches the output."""
     claims = tuple(claims)
     for c in claims:
@@ -31,13 +28,13 @@ def without(h: "Hypothesis", claims: Iterable[Claim], name: Optional[str] = None
     return copy_keeping(h, lambda e: e.child.index not in drop and e.parent.index not in drop, label)
 
 
-def only_edges(h: "Hypothesis", keep: Iterable[Edge], name: str) -> "Hypothesis":
+def only_edges(h: HypothesisState, keep: Iterable[Edge], name: str) -> HypothesisState:
     """A copy keeping just the given edges (and the claims that still reach the output)."""
     keep_set = set(keep)
     return copy_keeping(h, lambda e: e in keep_set, name)
 
 
-def copy_keeping(h: "Hypothesis", keep_edge: Callable[[Edge], bool], name: str) -> "Hypothesis":
+def copy_keeping(h: HypothesisState, keep_edge: Callable[[Edge], bool], name: str) -> HypothesisState:
     """A new hypothesis named ``name`` with the edges ``keep_edge`` accepts and the claims that
     still reach the output through them (same names, features and order)."""
     top = graph.root(h)
