@@ -167,15 +167,16 @@ def upward_imports(imports: list[Import], layers=LAYERS) -> list[Import]:
 
 
 def circles(imports: list[Import]) -> list[tuple[frozenset[str], list[Import]]]:
-    """Groups of modules that import each other in a loop, with the imports that tie each."""
+    """Groups of modules that import each other in a loop, each with the imports of one loop in it."""
     graph = nx.DiGraph()
     for imp in imports:
         if not _allowed_up(imp):
             graph.add_edge(imp.importer, imp.target)
     found = []
     for group in nx.strongly_connected_components(graph):
-        if len(group) > 1:
-            ties = [imp for imp in imports if imp.importer in group and imp.target in group]
+        if len(group) > 1:  # name one loop through the group, an import per step
+            loop = nx.find_cycle(graph.subgraph(group))
+            ties = [next(i for i in imports if (i.importer, i.target) == step and not _allowed_up(i)) for step in loop]
             found.append((frozenset(group), ties))
     return found
 
@@ -194,39 +195,38 @@ def _scan(root: Path = SCRUB) -> tuple[dict[str, Path], list[Import]]:
 # ---- the tests on scrub/ ------------------------------------------------------------------------
 
 
+def _none_of(found: list, explain) -> None:
+    """Fail, one line per item explaining it, unless ``found`` is empty."""
+    assert not found, "\n".join(explain(item) for item in found)
+
+
 def test_every_module_has_a_place_in_the_layering():
     modules, _ = _scan()
-    unplaced = [name for name in modules if layer_of(name) is None]
-    assert not unplaced, "\n".join(
+    _none_of([name for name in modules if layer_of(name) is None], lambda name: (
         f"{modules[name].relative_to(SCRUB.parent)} ({name}) has no place in the layering: add it to "
         f"LAYERS in tests/test_layering.py, in the lowest layer above everything it imports and below "
         f"everything that imports it (layers: {_order()}), and to the README's layering picture"
-        for name in unplaced
-    )
+    ))
 
 
 def test_no_import_runs_up_the_layering():
     _, imports = _scan()
-    found = upward_imports(imports)
-    assert not found, "\n".join(
+    _none_of(upward_imports(imports), lambda imp: (
         f"{imp.where(SCRUB)} imports {imp.target} (layer {LAYERS[layer_of(imp.target)][0]!r}) into "
         f"{imp.importer} (layer {LAYERS[layer_of(imp.importer)][0]!r}); rule: a module imports only "
         f"its own layer and those below ({_order()}); fix: move the code that needs it up a layer, "
         f"or have the caller pass the value down"
-        for imp in found
-    )
+    ))
 
 
 def test_no_import_circle():
     _, imports = _scan()
     found = circles(imports)
-    unknown = [(group, ties) for group, ties in found if group not in KNOWN_CIRCLES]
-    assert not unknown, "\n".join(
-        f"import circle between {sorted(group)}: " + "; ".join(imp.where(SCRUB) for imp in ties)
+    _none_of([(group, ties) for group, ties in found if group not in KNOWN_CIRCLES], lambda item: (
+        f"import circle between {sorted(item[0])}: " + "; ".join(imp.where(SCRUB) for imp in item[1])
         + "; rule: modules never import each other in a loop; fix: move what both need into the lower "
         "one (or a new module below both)"
-        for group, ties in unknown
-    )
+    ))
     stale = [group for group in KNOWN_CIRCLES if group not in {g for g, _ in found}]
     assert not stale, f"KNOWN_CIRCLES entries {stale} no longer occur: delete them from tests/test_layering.py"
 
