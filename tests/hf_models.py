@@ -72,11 +72,15 @@ def perturb_hf(model, seed: int):
 
 
 def make_hf(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
-    """A tiny random causal LM of ``family`` (every parameter seeded), in eval mode."""
+    """A tiny random causal LM of ``family`` (every parameter seeded, in ``dtype``), in eval mode.
+
+    Built in ``dtype`` (not converted after), so float buffers such as rotary frequencies stay as
+    the family keeps them, exactly as when the checkpoint is loaded back.
+    """
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_config(hf_config(family, **overrides))
-    return perturb_hf(model, seed).to(dtype)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(family, **overrides), dtype=dtype)
+    return perturb_hf(model, seed)
 
 
 def hf_writers(model) -> list:
