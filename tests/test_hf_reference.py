@@ -92,6 +92,20 @@ def test_every_input_exact_reproduces_the_clean_logits(family_model):
     assert not torch.allclose(model(DATA.tokens[s.root.other]).logits, clean, atol=1e-2)
 
 
+@pytest.mark.parametrize("family, dtype", [("llama", torch.bfloat16), ("gpt2", torch.float16), ("gemma", torch.bfloat16)])
+@torch.no_grad()
+def test_models_run_in_their_own_dtype(family, dtype):
+    """Half-precision models stay in their dtype; the identity holds to that dtype's rounding."""
+    model = make_hf(family, seed=3, dtype=dtype)
+    s = plan(exact_everything(model), DATA, seed=1)
+    got = ReferenceEngine(model, DATA).run(s)
+    clean = model(DATA.tokens[s.reference]).logits
+    assert got.dtype == dtype
+    tolerance = 4 * torch.finfo(dtype).eps * float(clean.abs().max())
+    assert float((got.float() - clean.float()).abs().max()) <= tolerance
+    assert float((model(DATA.tokens[s.root.other]).logits.float() - clean.float()).abs().max()) > 10 * tolerance
+
+
 @torch.no_grad()
 def test_the_output_alone_is_the_model_on_the_other_datum(family_model):
     _, model = family_model
@@ -224,6 +238,12 @@ def test_the_neox_splice_matches_the_modelling_code_layout():
 def test_other_model_types_are_refused_by_name():
     with pytest.raises(UnsupportedModelError, match="Linear"):
         ReferenceEngine(torch.nn.Linear(2, 2), DATA)
+
+
+def test_a_model_in_training_mode_is_refused():
+    model = make_hf("gpt2").train()
+    with pytest.raises(UnsupportedModelError, match=r"model.eval\(\)"):
+        ReferenceEngine(model, DATA)
 
 
 def test_gemma2_post_norms_are_refused():

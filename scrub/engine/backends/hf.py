@@ -60,7 +60,8 @@ class HuggingFaceBackend:
     """Hooks on a HuggingFace causal LM's modules (see the module docstring for the semantics).
 
     Raises:
-        UnsupportedModelError: the family or a setting is not supported (`scrub.model.hf_modules`).
+        UnsupportedModelError: the family or a setting is not supported (`scrub.model.hf_modules`),
+            or the model is in training mode.
     """
 
     name = "huggingface"
@@ -68,6 +69,11 @@ class HuggingFaceBackend:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.modules: HFModules = hf_modules(model)
+        if model.training:
+            raise UnsupportedModelError(
+                f"scrubbing needs a deterministic model, but this {type(model).__name__} is in training mode "
+                f"(dropout is active); call model.eval() first (scrub.load_model returns models in eval mode)"
+            )
         self.device = next(model.parameters()).device
         self.n_layers = self.modules.n_layers
 
