@@ -35,6 +35,10 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                   num_key_value_heads=2, max_position_embeddings=N_CTX)),
     "gemma": ("GemmaConfig", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                                   num_key_value_heads=1, head_dim=8, max_position_embeddings=N_CTX)),
+    # heads wider than d_model / n_heads (as in Gemma-7B): n_heads * head_dim != hidden_size
+    "gemma_wide_heads": ("GemmaConfig", dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                             max_position_embeddings=N_CTX)),
 }
 FAMILIES = list(FAMILY_CONFIGS)
 

@@ -8,7 +8,9 @@ everything it asks of the model goes through a backend with one small interface:
   component's port input (the residual stream the port reads); returns the output of every
   component in ``reads`` from that same pass (``[n, pos, d_model]``; the logits for `Output`);
 * ``logits(tokens)``: the unpatched logits;
-* ``check(component)``: refuse a component the model does not have (before any forward pass).
+* ``check(component)``: refuse a component the model does not have (before any forward pass);
+* ``session()``: a context to run a schedule in (TransformerLens: per-head hooks switched on,
+  settings restored after).
 
 Two backends, chosen from the model's type by `backend_for`; anything else is refused with
 `UnsupportedModelError` naming the type:
@@ -86,6 +88,12 @@ def backend_for(model: Any) -> HookBackend:
 
 
 def check_component(component: Component, n_layers: int, n_heads: int, has_mlp: bool, has_pos: bool, model: str) -> None:
+    """Refuse ``component`` when the model (described by the sizes given, named ``model``) lacks it.
+
+    Raises:
+        ScheduleError: a layer or head out of range, an MLP in an attention-only model, a
+            position embedding in a model without a learned one.
+    """
     bad = None
     if isinstance(component, (Head, MLP)) and component.layer >= n_layers:
         bad = f"layer {component.layer} (the model has layers 0..{n_layers - 1})"

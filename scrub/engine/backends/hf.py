@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from scrub.components import MLP, Component, Embed, Head, Output, PosEmbed
