@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from scrub import EXACT, MLP, Embed, Head, Hypothesis, Output, PosEmbed, plan
+from scrub import EXACT, MLP, Embed, Feature, Head, Hypothesis, Output, PosEmbed, plan
 from scrub.engine import ReferenceEngine
 from scrub.engine.backends import backend_for
 from scrub.errors import ScheduleError, UnsupportedModelError
@@ -280,3 +280,27 @@ def test_the_backend_follows_the_model_type(gpt2_pair):
     assert type(backend_for(tl)).__name__ == "TransformerLensBackend"
     assert hf_modules(hf).n_heads == 3 and backend_for(make_hf("llama")).modules.n_kv_heads == 2
     assert Embed() in backend_for(hf).run(DATA.tokens[:2], reads=[Embed()])
+
+
+def test_a_transformer_bridge_runs_on_the_transformer_lens_backend(gpt2_pair):
+    """A TransformerBridge (here TransformerLens 3.9's) over a copy of the HF GPT-2: TL hooks == HF hooks."""
+    import copy
+
+    sources = pytest.importorskip("transformer_lens.model_bridge.sources")
+    hf, _ = gpt2_pair
+    bridge = sources.build_bridge_from_module(copy.deepcopy(hf), "GPT2LMHeadModel", hf_config=hf.config).eval()
+    assert type(backend_for(bridge)).__name__ == "TransformerLensBackend"
+    h = Hypothesis("bridge")
+    out = h.output()
+    a = h.claim(Head(1, 0), EXACT, into=out)
+    h.claim(Embed(), Feature.any(), into=(a, "q"))
+    h.claim(MLP(0), EXACT, into=(a, "v"))
+    m = h.claim(MLP(1), EXACT, into=out)
+    h.claim(PosEmbed(), Feature.any(), into=m)
+    data = random_dataset(n=4, seed=6)
+    s = plan(h, data, seed=3)
+    ours = ReferenceEngine(bridge, data).run(s)
+    assert torch.allclose(ours, ReferenceEngine(hf, data).run(s), atol=ATOL)
+    with torch.no_grad():
+        assert not torch.allclose(ours, hf(data.tokens).logits, atol=1e-2)  # the scrub changed something
+    assert not bridge.cfg.use_attn_result  # the per-head settings are restored after the run

@@ -3,8 +3,10 @@
 Reads ``hook_embed``, ``hook_pos_embed``, ``attn.hook_result`` (one head's slice) and
 ``hook_mlp_out``; adds a port's delta at ``hook_{q,k,v}_input`` (one head's slice), ``hook_mlp_in``
 or the last ``hook_resid_post``. Only hook names are used, so a TransformerLens 4
-``TransformerBridge`` whose per-head hooks fire (e.g. GPT-2's joint-qkv attention bridge) runs
-here too; a hook that does not fire is an `UnsupportedModelError`, never a silent no-op.
+``TransformerBridge`` whose per-head hooks fire (e.g. GPT-2's joint-qkv attention bridge; tested
+with TransformerLens 3.9's ``model_bridge``) runs here too. Values are kept under the hook name
+asked for (a bridge resolves aliases such as ``hook_mlp_out`` to other hook points). A hook that
+does not fire is an `UnsupportedModelError`, never a silent no-op.
 """
 
 from __future__ import annotations
@@ -79,21 +81,27 @@ class TransformerLensBackend:
         return self.model(tokens)
 
     def run(self, tokens: Tensor, reads: Sequence[Component], patches: Sequence[Patch] = ()) -> dict[Component, Tensor]:
-        store: dict[str, Tensor] = {}
+        store: dict[str, Tensor] = {}  # by the name asked for (a bridge's hook.name may be an alias's target)
 
-        def keep(value: Tensor, hook) -> None:
-            store[hook.name] = value.detach().clone()
+        def keep(name: str):
+            def hook_fn(value: Tensor, hook) -> None:
+                store[name] = value.detach().clone()
 
-        def fired(fn):
-            def wrapped(value: Tensor, hook):
-                store.setdefault(hook.name, value)  # a patch point that fired
+            return hook_fn
+
+        def fired(name: str, fn):
+            def hook_fn(value: Tensor, hook):
+                store.setdefault(name, value)  # a patch point that fired
                 return fn(value, hook)
 
-            return wrapped
+            return hook_fn
 
         names = {c: hooks.output_of(c) for c in reads if not isinstance(c, Output)}
-        fwd = [(self._port_hook(c, port), fired(_adder(c, delta))) for c, port, delta in patches]
-        fwd += [(name, keep) for name in set(names.values())]
+        fwd = []
+        for c, port, delta in patches:
+            name = self._port_hook(c, port)
+            fwd.append((name, fired(name, _adder(c, delta))))
+        fwd += [(name, keep(name)) for name in set(names.values())]
         with self.model.hooks(fwd_hooks=fwd):
             logits = self.model(tokens)
         missing = sorted({name for name, _ in fwd if name not in store})
