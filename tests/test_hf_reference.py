@@ -7,7 +7,10 @@
     the model on the root's other datum), the decomposition (head outputs + bias = attention
     output; component outputs + biases = the residual the output reads), and port patches (a
     zero delta changes nothing, a nonzero one changes the component; q/k/v patched together
-    equal the residual patched before the layer's input norm);
+    equal the residual patched before the layer's input norm), and complete hypotheses (every port
+    of expanded heads and MLPs fed by every writer upstream of it) reproduce the clean logits,
+    which holds only if each port's residual is exactly the sum of the writers upstream of it
+    (in GPT-J and parallel GPT-NeoX blocks, the MLP's upstream excludes its layer's heads);
 (c) refusals: other model types, unsupported families and settings, components the model lacks.
 """
 
@@ -90,6 +93,61 @@ def test_every_input_exact_reproduces_the_clean_logits(family_model):
     assert torch.allclose(got, clean, atol=ATOL)
     # the root's other rows differ from the reference rows, so the identity is not trivial
     assert not torch.allclose(model(DATA.tokens[s.root.other]).logits, clean, atol=1e-2)
+
+
+ROW = Feature("row", lambda d: torch.arange(len(d), device=d.device))  # pins a child's datum to its parent's
+
+
+def _upstream(component, writers: list, parallel: bool) -> list:
+    """Writers whose outputs sum (with the biases) to the residual ``component``'s ports read."""
+    from scrub.components import stage
+
+    n_layers = max(getattr(w, "layer", 0) for w in writers) + 1
+    ups = [w for w in writers if stage(w, n_layers) < stage(component, n_layers)]
+    if parallel and isinstance(component, MLP):  # the MLP reads the residual its layer's attention reads
+        ups = [w for w in ups if not (isinstance(w, Head) and w.layer == component.layer)]
+    return ups
+
+
+def complete_hypothesis(model) -> Hypothesis:
+    """Output <- every writer; Head(last, 1) (its q, k, v), MLP(last) and, under Head(last, 1)'s q,
+    MLP(0) expanded, each port fed by every writer upstream of it (so every port input is rebuilt
+    from scrubbed pieces on a different "other" datum; the result must still be the clean logits)."""
+    writers = hf_writers(model)
+    parallel = hf_modules(model).parallel
+    last = model.config.num_hidden_layers - 1
+    h = Hypothesis("complete")
+    out = h.output()
+
+    def expand(claim, ports, deeper=None) -> None:
+        for port in ports:
+            for w in _upstream(claim.component, writers, parallel):
+                if deeper is not None and (w, port) == deeper[:2]:
+                    child = h.claim(w, ROW, into=(claim, port))
+                    expand(child, w.ports)
+                else:
+                    h.claim(w, ROW, into=(claim, port))
+
+    for w in writers:
+        claim = h.claim(w, ROW if w.ports else EXACT, into=out)
+        if w == Head(last, 1):
+            expand(claim, "qkv", deeper=(MLP(0), "q"))
+        elif w == MLP(last):
+            expand(claim, ("in",))
+    return h
+
+
+@torch.no_grad()
+def test_complete_hypotheses_rebuild_every_port_input_exactly(family_model):
+    """Each expanded port reads resid(other) - sum_k out_k(other) + sum_k out_k(reference): equal to
+    resid(reference) only if the port's residual is exactly the sum of the writers upstream of it."""
+    _, model = family_model
+    h = complete_hypothesis(model)
+    s = plan(h, DATA, seed=4)
+    expanded = [n for n in s.nodes() if n.children and not n.is_root]
+    assert len(expanded) == 3 and all(not torch.equal(n.other, s.reference) for n in expanded)
+    got = ReferenceEngine(model, DATA).run(s)
+    assert torch.allclose(got, model(DATA.tokens[s.reference]).logits, atol=ATOL)
 
 
 @pytest.mark.parametrize("family, dtype", [("llama", torch.bfloat16), ("gpt2", torch.float16), ("gemma", torch.bfloat16)])

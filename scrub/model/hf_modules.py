@@ -66,6 +66,7 @@ class FamilyPaths:
     qkv: Optional[str] = None  # the fused projection, relative to ``attn``
     qkv_layout: Optional[QKVLayout] = None
     conv1d: bool = False  # GPT-2's Conv1D: weight [in, out] (nn.Linear: [out, in])
+    parallel: Optional[str] = None  # "always", or the config flag that makes attention and MLP read one residual
 
     @property
     def fused(self) -> bool:
@@ -87,11 +88,12 @@ FAMILIES: dict[str, FamilyPaths] = {
     "gpt_neox": FamilyPaths(
         base="gpt_neox", embed="embed_in", pos_embed=None, layers="layers", final_norm="final_layer_norm",
         attn_norm="input_layernorm", mlp_norm="post_attention_layernorm", attn="attention", out_proj="dense",
-        mlp="mlp", qkv="query_key_value", qkv_layout=QKVLayout("per_head"),
+        mlp="mlp", qkv="query_key_value", qkv_layout=QKVLayout("per_head"), parallel="use_parallel_residual",
     ),
     "gptj": FamilyPaths(
         base="transformer", embed="wte", pos_embed=None, layers="h", final_norm="ln_f", attn_norm="ln_1",
         mlp_norm="ln_1", attn="attn", out_proj="out_proj", mlp="mlp", q="q_proj", k="k_proj", v="v_proj",
+        parallel="always",
     ),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
@@ -172,6 +174,7 @@ class HFModules:
     n_kv_heads: int
     d_head: int
     d_model: int
+    parallel: bool  # attention and MLP of a layer read the same residual (GPT-J; GPT-NeoX by default)
 
     @property
     def n_layers(self) -> int:
@@ -222,9 +225,10 @@ def hf_modules(model: Any) -> HFModules:
     d_model = int(config.hidden_size)
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    parallel = paths.parallel == "always" or bool(paths.parallel and getattr(config, paths.parallel, False))
     return HFModules(
         model_type=mt, paths=paths, embed=_get(base, paths.embed, mt),
         pos_embed=_get(base, paths.pos_embed, mt) if paths.pos_embed else None,
         final_norm=_get(base, paths.final_norm, mt), layers=tuple(layers),
-        n_heads=n_heads, n_kv_heads=int(n_kv), d_head=int(d_head), d_model=d_model,
+        n_heads=n_heads, n_kv_heads=int(n_kv), d_head=int(d_head), d_model=d_model, parallel=parallel,
     )
