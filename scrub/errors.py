@@ -31,6 +31,10 @@ class UnsupportedModelError(ScrubError, NotImplementedError):
     """The model uses an architecture setting `scrub` does not support yet."""
 
 
+class CheckpointError(ScrubError, ValueError):
+    """A model to load is missing or incomplete (no config or weights, a tokenizer that does not fit)."""
+
+
 class ScheduleError(ScrubError, ValueError):
     """A schedule does not fit the model or dataset it is executed on."""
 
@@ -50,6 +54,7 @@ __all__ = [
     "FeatureError",
     "DatasetError",
     "UnsupportedModelError",
+    "CheckpointError",
     "ScheduleError",
     "MetricError",
     "ReportError",

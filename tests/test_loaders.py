@@ -55,3 +55,122 @@ def test_from_hf_refuses_other_architectures():
 def test_load_model_serves_zoo_names_without_download():
     model = load_model("induction-2l")
     assert model.cfg.n_layers == 2
+
+
+# ---- local HuggingFace checkpoints of any supported family (offline) ---------------------------
+
+import json  # noqa: E402
+
+from scrub.errors import CheckpointError  # noqa: E402
+from scrub.model.loaders import model_limits  # noqa: E402
+
+from hf_models import make_hf  # noqa: E402
+
+TOKENS = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(4))
+
+
+@pytest.mark.parametrize("family, dtype", [("llama", torch.bfloat16), ("gpt_neox", torch.float32), ("gemma", torch.float16)])
+def test_a_local_checkpoint_loads_offline_in_its_own_dtype(tmp_path, family, dtype):
+    original = make_hf(family, seed=2, dtype=dtype)
+    original.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path), attn_implementation="eager")  # keyword arguments reach from_pretrained
+    assert type(model) is type(original)
+    assert next(model.parameters()).dtype == dtype
+    assert not model.training
+    with torch.no_grad():
+        assert torch.equal(model(TOKENS).logits, original(TOKENS).logits)
+
+
+def test_a_loaded_checkpoint_runs_on_the_reference_engine(tmp_path):
+    from scrub import EXACT, Hypothesis, plan
+    from scrub.engine import ReferenceEngine
+
+    from conftest import random_dataset
+
+    make_hf("qwen2", seed=5).save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    data = random_dataset(n=8, seed=3)
+    h = Hypothesis("h")
+    h.claim(Head(1, 0), EXACT, into=h.output())
+    logits = ReferenceEngine(model, data).run(plan(h, data, seed=0))
+    assert logits.shape == (8, data.n_pos, 10) and torch.isfinite(logits).all()
+
+
+def test_a_checkpoint_without_config_is_refused(tmp_path):
+    make_hf("llama").save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_a_checkpoint_without_weights_is_refused(tmp_path):
+    make_hf("llama").save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has none"):
+        load_model(str(tmp_path))
+
+
+def test_a_sharded_checkpoint_missing_a_shard_is_refused(tmp_path):
+    make_hf("llama").save_pretrained(tmp_path, max_shard_size="20KB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1
+    (tmp_path / shards[-1]).unlink()
+    with pytest.raises(CheckpointError, match=shards[-1]):
+        load_model(str(tmp_path))
+
+
+def test_unsupported_families_and_settings_are_refused(tmp_path):
+    mixtral = transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        vocab_size=10, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1))
+    mixtral.save_pretrained(tmp_path / "moe")
+    with pytest.raises(UnsupportedModelError, match="mixture-of-experts"):
+        load_model(str(tmp_path / "moe"))
+    make_hf("llama").save_pretrained(tmp_path / "odd")
+    config = json.loads((tmp_path / "odd" / "config.json").read_text())
+    (tmp_path / "odd" / "config.json").write_text(json.dumps(dict(config, model_type="not-a-model")))
+    with pytest.raises(UnsupportedModelError, match="not-a-model"):
+        load_model(str(tmp_path / "odd"))
+
+
+def _word_level_tokenizer(n_tokens: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(n_tokens)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0")
+
+
+def test_a_saved_tokenizer_is_checked_against_the_embedding(tmp_path):
+    make_hf("llama").save_pretrained(tmp_path / "fits")
+    _word_level_tokenizer(10).save_pretrained(tmp_path / "fits")
+    model = load_model(str(tmp_path / "fits"))
+    assert len(model.tokenizer) == 10
+    make_hf("llama").save_pretrained(tmp_path / "too-big")
+    _word_level_tokenizer(50).save_pretrained(tmp_path / "too-big")
+    with pytest.raises(CheckpointError, match="50 tokens"):
+        load_model(str(tmp_path / "too-big"))
+
+
+def test_a_path_that_is_not_a_directory_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_model(str(tmp_path / "nowhere"))
+
+
+def test_a_hub_name_offline_is_a_scrub_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="could not be fetched"):
+        load_model("no-such-org/no-such-model")
+
+
+def test_model_limits_of_transformer_lens_and_huggingface_models():
+    zoo_model = load_model("induction-2l")
+    assert model_limits(zoo_model) == (zoo_model.cfg.d_vocab, zoo_model.cfg.d_vocab_out, zoo_model.cfg.n_ctx)
+    hf = make_hf("gpt_neox")
+    assert model_limits(hf) == (10, 10, hf.config.max_position_embeddings)
+    with pytest.raises(UnsupportedModelError, match="Linear"):
+        model_limits(torch.nn.Linear(2, 2))

@@ -1,7 +1,7 @@
 """The reference engine: the slow, obviously-correct oracle.
 
-It executes a `Schedule` with TransformerLens hooks on full forward passes, one tree node at a
-time, exactly as DESIGN.md section 1 states. For a tree node ``n`` reading component ``C``
+It executes a `Schedule` with hooks on full forward passes of the source model, one tree node at
+a time, exactly as DESIGN.md section 1 states. For a tree node ``n`` reading component ``C``
 through port ``p``, with other datum ``o`` and claimed children ``k``:
 
     input_p = resid_p(o) - sum_k out_k(o) + sum_k scrubbed_k      (at the positions each edge claims)
@@ -10,50 +10,41 @@ The engine runs the model on ``o`` with a hook that adds ``scrubbed_k - out_k(o)
 port input (nothing else is patched in that pass) and reads ``C``'s output from the same pass.
 A leaf runs its whole upstream on its own datum (per position: position ``t`` on the row drawn for
 ``t``). Speed is not a goal here; being easy to check is.
+
+The tree evaluation is here; the hooks are a backend's (`scrub.engine.backends`): TransformerLens
+hook points on a ``HookedTransformer`` (or a ``TransformerBridge``), PyTorch module hooks on a plain
+HuggingFace causal LM. Neither reads the model view, so "batched == reference" checks the view.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from scrub.components import MLP, Component, Head, Output, hooks
+from scrub.components import Component
 from scrub.data import Dataset
+from scrub.engine.backends import HookBackend, backend_for
+from scrub.engine.backends.tl import per_head_hooks
 from scrub.engine.positions import asked_positions
-from scrub.errors import ScheduleError, UnsupportedModelError
+from scrub.errors import ScheduleError
 from scrub.plan import Schedule, ScheduleNode
 
 __all__ = ["ReferenceEngine", "per_head_hooks"]
 
 
-@contextlib.contextmanager
-def per_head_hooks(model) -> Iterator[None]:
-    """Turn on TransformerLens's per-head input/output hooks; restore settings and clear hooks after."""
-    cfg = model.cfg
-    saved = (cfg.use_split_qkv_input, cfg.use_attn_result, cfg.use_hook_mlp_in, cfg.use_attn_in)
-    try:
-        if cfg.use_attn_in:
-            model.set_use_attn_in(False)
-        model.set_use_split_qkv_input(True)
-        model.set_use_attn_result(True)
-        if not cfg.attn_only:
-            model.set_use_hook_mlp_in(True)
-        yield
-    finally:
-        model.reset_hooks(including_permanent=False)
-        cfg.use_split_qkv_input, cfg.use_attn_result, cfg.use_hook_mlp_in, cfg.use_attn_in = saved
-
-
 class ReferenceEngine:
-    """Runs schedules node by node with TransformerLens hooks (see module docstring).
+    """Runs schedules node by node with hooks on the source model (see module docstring).
 
     Args:
-        model: a TransformerLens ``HookedTransformer``.
+        model: a TransformerLens ``HookedTransformer`` (or ``TransformerBridge``), or a
+            HuggingFace causal LM of a supported family (`scrub.model.hf_modules`).
         data: the dataset every schedule indexes into.
+
+    Raises:
+        UnsupportedModelError: any other model, or an unsupported family or setting.
     """
 
     name = "reference"
@@ -61,9 +52,10 @@ class ReferenceEngine:
     def __init__(self, model, data: Dataset) -> None:
         self.model = model
         self.data = data
-        self.device = next(model.parameters()).device
+        self.backend: HookBackend = backend_for(model)
+        self.device = self.backend.device
         self.tokens = data.tokens.to(self.device)
-        self.n_layers = model.cfg.n_layers
+        self.n_layers = self.backend.n_layers
 
     # ---- public -------------------------------------------------------------------------------
 
@@ -79,13 +71,15 @@ class ReferenceEngine:
                 f"schedule {schedule.hypothesis!r} was planned on dataset {schedule.dataset.name!r}, "
                 f"not on the dataset this engine was built for ({self.data.name!r})"
             )
-        with per_head_hooks(self.model):
+        for component in {node.component for node in schedule.nodes()}:
+            self.backend.check(component)  # before any forward pass
+        with self.backend.session():
             return _only(self._value(schedule.root), positions)
 
     @torch.no_grad()
     def clean_logits(self, rows: Tensor, positions: Optional[Sequence[int]] = None) -> Float[Tensor, "n pos vocab"]:
         """Logits of the unscrubbed model on ``rows`` (only at ``positions``, sorted, when given)."""
-        return _only(self.model(self.tokens[rows.to(self.device)]), positions)
+        return _only(self.backend.logits(self.tokens[rows.to(self.device)]), positions)
 
     # ---- tree evaluation ----------------------------------------------------------------------
 
@@ -113,10 +107,10 @@ class ReferenceEngine:
         """A node with inputs: run on its other datum, adding each claimed child's difference."""
         other = node.other.to(self.device)
         children = node.children
-        clean = self._run(other, reads=[hooks.output_of(c.component) for c in children])
+        clean = self.backend.run(self.tokens[other], reads=[c.component for c in children])
         deltas: dict[str, Tensor] = {}
         for child in children:
-            base = _select(child.component, clean[hooks.output_of(child.component)])  # [n, pos, d]
+            base = clean[child.component]  # [n, pos, d]
             diff = self._value(child) - base
             if child.edge.positions is not None:
                 mask = torch.zeros(diff.shape[1], dtype=diff.dtype, device=diff.device)
@@ -125,47 +119,11 @@ class ReferenceEngine:
             port = child.edge.port
             deltas[port] = deltas[port] + diff if port in deltas else diff
         component = node.component
-        patches = [(self._port_hook(component, port), _adder(component, delta)) for port, delta in deltas.items()]
-        read = self._read_hook(component)
-        result = self._run(other, reads=[read], patches=patches)
-        return _select(component, result[read])
-
-    # ---- TransformerLens plumbing -------------------------------------------------------------
+        patches = [(component, port, delta) for port, delta in deltas.items()]
+        return self.backend.run(self.tokens[other], reads=[component], patches=patches)[component]
 
     def _clean_output(self, component: Component, rows: Tensor) -> Tensor:
-        name = hooks.output_of(component)
-        return _select(component, self._run(rows.to(self.device), reads=[name])[name])
-
-    def _run(self, rows: Tensor, reads: list[str], patches=()) -> dict[str, Tensor]:
-        """Forward on ``rows`` with ``patches`` applied; return the hooks in ``reads`` and logits."""
-        store: dict[str, Tensor] = {}
-
-        def keep(value: Tensor, hook) -> None:
-            store[hook.name] = value.detach().clone()
-
-        fwd = list(patches) + [(name, keep) for name in set(reads) if name != "logits"]
-        with self.model.hooks(fwd_hooks=fwd):
-            logits = self.model(self.tokens[rows])
-        store["logits"] = logits
-        missing = [name for name in reads if name not in store]
-        if missing:
-            raise UnsupportedModelError(
-                f"hooks {missing} did not fire on {type(self.model).__name__}; the reference engine "
-                f"needs a HookedTransformer with per-head hooks (use_split_qkv_input, use_attn_result)"
-            )
-        return store
-
-    def _port_hook(self, component: Component, port: str) -> str:
-        if isinstance(component, Head):
-            return hooks.head_input(component.layer, port)
-        if isinstance(component, MLP):
-            return hooks.mlp_in(component.layer)
-        if isinstance(component, Output):
-            return hooks.final_resid(self.n_layers)
-        raise ScheduleError(f"{component} has no ports, so nothing can be patched into it")
-
-    def _read_hook(self, component: Component) -> str:
-        return "logits" if isinstance(component, Output) else hooks.output_of(component)
+        return self.backend.run(self.tokens[rows.to(self.device)], reads=[component])[component]
 
 
 def _only(logits: Tensor, positions: Optional[Sequence[int]]) -> Tensor:
@@ -173,25 +131,3 @@ def _only(logits: Tensor, positions: Optional[Sequence[int]]) -> Tensor:
     if positions is None:
         return logits
     return logits[:, list(asked_positions(positions, logits.shape[1]))]
-
-
-def _select(component: Component, value: Tensor) -> Tensor:
-    """A head's slice of a per-head hook value; other hook values as they are."""
-    if isinstance(component, Head):
-        return value[:, :, component.head]  # [n, pos, d_model]
-    return value
-
-
-def _adder(component: Component, delta: Tensor):
-    """A hook that adds ``delta`` ``[n, pos, d]`` to ``component``'s port input."""
-
-    def add(value: Tensor, hook) -> Tensor:
-        value = value.clone()
-        if isinstance(component, Head):
-            value[:, :, component.head] += delta  # value: [n, pos, n_heads, d_model]
-        else:
-            value += delta  # value: [n, pos, d_model]
-        return value
-
-    return add
-
