@@ -11,8 +11,11 @@ Naive scrubbing runs a full forward pass per tree node. This engine instead
    their "other" rows), a head's clean q/k/v projection at the ports nothing patches, and the
    outputs of claimed children and leaves;
 3. evaluates the distinct nodes bottom-up by stage (embeddings, heads of layer 0, MLP 0, heads
-   of layer 1, ...), each at its needed positions only: the nodes of one head (or one MLP)
-   across every schedule given are concatenated into one batched call;
+   of layer 1, ...), each at its needed positions only: the nodes of one MLP across every
+   schedule given are concatenated into one batched call, and so are the nodes of one head
+   whose numbers of query positions fall in one power-of-two bucket (queries padded), so that
+   the per-position copies of a node and the nodes below them (needed at ``t`` or ``0..t``)
+   take a few calls per head, not one per copy;
 4. assembles the final residual at each root, applies the final norm and unembedding.
 
 Port inputs follow the residual decomposition of DESIGN.md section 1, exactly as the reference
