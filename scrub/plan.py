@@ -338,7 +338,7 @@ class _Draws:
     ``take`` gathers instead of multi-dimensional indexing (several times faster on small draws).
 
     The draws are the same, bit for bit: the same uniform numbers from the generator, turned
-    into the same picks (tests/test_sampling.py checks it against `sample_matching`).
+    into the same picks (tests/test_planning_tables.py checks it against `sample_matching`).
     """
 
     values: FeatureValues
