@@ -595,3 +595,33 @@ def test_cache_budget_regimes(monkeypatch):
         assert (cached_rows == len(distinct_rows(rows, len(DATA)))) == one_pass, (share, passes)
         for g, w in zip(got, want):
             assert close(g, w, atol=1e-5), share
+
+
+def test_embeddings_are_read_through_the_view(monkeypatch):
+    """Embed and PosEmbed leaves come from ModelView.embed / pos_embed (so a family that scales
+    its embedding is read as the model reads it), not from the weight tables directly."""
+    model = model_for(MODEL_ATTN)
+    h = Hypothesis("embeddings")
+    out = h.output()
+    h.claim(Embed(), TOKEN, into=out)
+    h.claim(PosEmbed(), FIRST, into=out)
+    schedule = scrub.plan(h, DATA, 0, model=model)
+    engine = BatchedEngine(model, DATA)
+    plain = engine.run(schedule)
+    cls = type(engine.view)
+    calls = {"embed": 0, "pos_embed": 0}
+    original = {name: getattr(cls, name) for name in calls}
+
+    def spy(name, scale):
+        def wrapped(view, *args):
+            calls[name] += 1
+            return scale * original[name](view, *args)
+
+        return wrapped
+
+    monkeypatch.setattr(cls, "embed", spy("embed", 1.0))
+    monkeypatch.setattr(cls, "pos_embed", spy("pos_embed", 1.0))
+    assert torch.equal(engine.run(schedule), plain)
+    assert calls["embed"] > 0 and calls["pos_embed"] > 0
+    monkeypatch.setattr(cls, "embed", spy("embed", 2.0))  # a scaled embedding changes the scrub
+    assert max_diff(engine.run(schedule), plain) > 1e-3
