@@ -28,7 +28,7 @@ from scrub.data import EXACT, Dataset, Feature, FeatureValues, PoolIndex, sample
 from scrub.errors import ScheduleError
 from scrub.hypothesis import Claim, Edge, Hypothesis, TreeSpec
 
-__all__ = ["ScheduleNode", "Schedule", "plan", "FeatureCache"]
+__all__ = ["ScheduleNode", "Schedule", "plan", "FeatureCache", "size_statistics"]
 
 
 @attrs.frozen(eq=False)
@@ -161,12 +161,20 @@ class Schedule:
 
 
 class FeatureCache:
-    """Features evaluated once per dataset (features are pure, so the values can be shared)."""
+    """Features evaluated once per dataset (features are pure, so the values can be shared).
+
+    Everything derived from a feature's values alone is kept too, once per feature: the pool
+    grouped by class (`index`) and the class-size statistics (`class_sizes`), so that the many
+    schedules of a report (variants x seeds) pay for each once.
+    """
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
         self._values: dict[int, FeatureValues] = {}
         self._indexes: dict[int, PoolIndex] = {}
+        self._stats: dict[int, tuple[int, float, int]] = {}
+        self._draws: dict[int, _Draws] = {}
+        self._trees: dict[tuple, tuple[Hypothesis, TreeSpec]] = {}
 
     def __call__(self, feature: Feature) -> FeatureValues:
         key = id(feature)
@@ -181,6 +189,29 @@ class FeatureCache:
             self._indexes[key] = PoolIndex.of(self(feature))
         return self._indexes[key]
 
+    def draws(self, feature: Feature) -> "_Draws":
+        """The tables `_Draws` samples ``feature``'s classes from (once per feature)."""
+        key = id(feature)
+        if key not in self._draws:
+            self._draws[key] = _Draws.of(self(feature), self.index(feature))
+        return self._draws[key]
+
+    def tree(self, hypothesis: Hypothesis) -> TreeSpec:
+        """``hypothesis.tree()``, validated and built once per structure: the many schedules of
+        one hypothesis (one per seed) share it. The key is the hypothesis with its claims (and
+        their features) and edges in order, so a hypothesis changed since gets a new tree."""
+        claims = hypothesis.claims
+        key = (
+            id(hypothesis),
+            claims,
+            tuple(id(c.feature) for c in claims),
+            tuple((e, e.seq) for e in hypothesis.edges),
+        )
+        found = self._trees.get(key)
+        if found is None or found[0] is not hypothesis:
+            found = self._trees[key] = (hypothesis, hypothesis.tree())
+        return found[1]
+
     def class_sizes(self, used: Optional[Sequence[Feature]] = None) -> dict[str, tuple[int, float, int]]:
         """(min, median, max) class size per evaluated feature (or per feature in ``used``)."""
         keys = None if used is None else {id(f) for f in used}
@@ -188,13 +219,30 @@ class FeatureCache:
         for key, values in self._values.items():
             if values.feature.exact or (keys is not None and key not in keys):
                 continue
-            sizes = values.class_sizes().flatten().float()
-            stats = (int(sizes.min()), float(sizes.median()), int(sizes.max()))
+            stats = self._stats.get(key)
+            if stats is None:
+                stats = self._stats[key] = size_statistics(self.index(values.feature).count)
             label, k = values.feature.name, 2
             while label in out and out[label] != stats:  # same name, different feature: keep apart
                 label, k = f"{values.feature.name}#{k}", k + 1
             out[label] = stats
         return out
+
+
+def size_statistics(count: Tensor) -> tuple[int, float, int]:
+    """(min, median, max) over the pool's entries of the size of the class each entry is in.
+
+    ``count[k]`` is the number of pool entries in class ``k`` (`PoolIndex.count`; zero for keys no
+    entry has). Each class of ``c`` entries contributes ``c`` entries of size ``c``, so the sorted
+    sizes are the sorted non-zero counts, each repeated as often as itself: the median (the lower
+    one of an even number, as `torch.median` takes it) is read off their cumulative sums, without
+    building the per-entry table.
+    """
+    sizes = torch.sort(count[count > 0]).values  # [classes] ascending
+    reach = torch.cumsum(sizes, 0)  # [classes]: entries up to and including each class
+    middle = (int(reach[-1]) - 1) // 2  # index of the lower median among all entries
+    median = sizes[int(torch.searchsorted(reach, middle, right=True))]
+    return int(sizes[0]), float(median), int(sizes[-1])
 
 
 def plan(
@@ -221,9 +269,8 @@ def plan(
     """
     if model is not None:
         hypothesis.validate(model, n_pos=data.n_pos)
-    else:
-        hypothesis.validate_structure()
     features = features or FeatureCache(data)
+    tree = features.tree(hypothesis)  # validates the structure (once per hypothesis and cache)
     if features.dataset is not data:
         raise ScheduleError("plan(): the feature cache was built for another dataset; build one per dataset")
     if reference is None:
@@ -234,7 +281,6 @@ def plan(
             f"plan(): reference rows must be a non-empty 1-D tensor of row indices below {len(data)}"
         )
     generator = torch.Generator(device=data.device).manual_seed(int(seed))
-    tree = hypothesis.tree()
     # evaluate every feature up front so shape errors surface before any draw
     used = [node.claim.feature for node in tree.walk() if node.edge is not None]
     for feature in used:
@@ -264,7 +310,7 @@ class _Sampler:
         feature = spec.claim.feature
         if feature is EXACT or feature.exact:
             return parent_datum
-        return sample_matching(parent_datum, self.features(feature), self.generator, self.features.index(feature))
+        return self.features.draws(feature).draw(parent_datum, self.generator)
 
     def node(self, spec: TreeSpec, datum: Tensor) -> ScheduleNode:
         edge = spec.edge
@@ -283,3 +329,48 @@ class _Sampler:
         for child in spec.children:
             children.append(self.node(child, self.draw_child(child, datum)))
         return ScheduleNode(spec.claim, spec.edge, datum, other, tuple(children), None, spec.path)
+
+
+@attrs.frozen(eq=False)
+class _Draws:
+    """One feature's pool, arranged for drawing: `scrub.data.sample_matching` with its per-call
+    tables (class keys, class starts and sizes, the row of each pool entry) built once, and flat
+    ``take`` gathers instead of multi-dimensional indexing (several times faster on small draws).
+
+    The draws are the same, bit for bit: the same uniform numbers from the generator, turned
+    into the same picks (tests/test_planning_tables.py checks it against `sample_matching`).
+    """
+
+    values: FeatureValues
+    keys: Tensor  # [N] or [N, pos]: the class key of each pool entry
+    start: Tensor  # [K]: first entry of each class in the pool order
+    last: Tensor  # [K]: the class size minus one (>= 0 for every class a reference can be in)
+    rows: Tensor  # [N] or [N * pos]: the dataset row of each entry, in the pool order
+
+    @classmethod
+    def of(cls, values: FeatureValues, index: PoolIndex) -> "_Draws":
+        ids = values.ids
+        if values.per_position:
+            n_pos = ids.shape[1]
+            keys = ids * n_pos + torch.arange(n_pos, device=ids.device)  # [N, pos]
+            rows = index.order // n_pos  # [N * pos]
+        else:
+            keys, rows = ids, index.order
+        return cls(values, keys, index.start, index.count - 1, rows)
+
+    def draw(self, reference: Tensor, generator: torch.Generator) -> Tensor:
+        """Rows agreeing with ``reference`` ([m] or [m, pos]) on the feature: [m] or [m, pos]."""
+        if not self.values.per_position:
+            if reference.ndim == 2:
+                return sample_matching(reference, self.values, generator)  # its error message
+            ref_keys = self.keys.take(reference)  # [m]
+        elif reference.ndim == 2:
+            n_pos = self.keys.shape[1]
+            ref_keys = self.keys.take(reference * n_pos + torch.arange(n_pos, device=reference.device))  # [m, pos]
+        else:
+            ref_keys = self.keys.index_select(0, reference)  # [m, pos]
+        last = self.last.take(ref_keys)  # count - 1 of each entry's class
+        uniform = torch.rand(ref_keys.shape, generator=generator, dtype=torch.float64, device=ref_keys.device)
+        # start + min(floor(u * count), count - 1), as sample_matching computes it
+        pick = torch.minimum(uniform.mul_(last + 1).long(), last).add_(self.start.take(ref_keys))
+        return self.rows.take(pick)

@@ -318,6 +318,112 @@ def test_run_many_random_hypotheses(data, seeds):
         assert close(m, alone, atol=1e-5), f"schedule {i}: {max_diff(m, alone):.3g}\n{s}"
 
 
+# ---- 2b. per-position-heavy trees ----------------------------------------------------------------
+#
+# A claim with children and a per-position feature is treeified per output position: copy t is
+# needed at t only, and the nodes below it at t (MLPs, q) or 0..t (k, v of a causal head). The
+# engine evaluates the nodes of one head whose query counts fall in one power-of-two bucket in
+# one attention call, queries padded: these tests check it against the reference engine and
+# against one call per distinct query count (`group_by_query_count`).
+
+PER_POSITION_CONFIGS = ["attn-std-causal-LN", "relu-std-bidir-LN-out7", "gelu-std-causal-LNPre-out7-3L"]
+
+
+@st.composite
+def per_position_hypotheses(draw, cfg) -> Hypothesis:
+    """1-3 per-position claims (token or previous token) with children into the output; below
+    them per-row or EXACT claims that have children of their own, and leaves of every kind."""
+    h = Hypothesis("per-position heavy")
+    out = h.output()
+    n_layers = cfg.n_layers
+    components = writers(cfg)
+    with_ports = [c for c in components if c.ports and stage(c, n_layers) > 1]
+    tops = draw(st.lists(st.sampled_from(with_ports), min_size=1, max_size=3, unique=True))
+    for top in tops:
+        positions = None if draw(st.booleans()) else sorted(draw(st.sets(st.integers(0, N_POS - 1), min_size=1, max_size=3)))
+        claim = h.claim(top, draw(st.sampled_from([TOKEN, PREV])), into=out, positions=positions)
+        below = [c for c in components if stage(c, n_layers) < stage(top, n_layers)]
+        used = set()
+        for _ in range(draw(st.integers(1, 3))):
+            port = draw(st.sampled_from(top.ports))
+            child = draw(st.sampled_from(below))
+            if (port, child) in used:
+                continue
+            used.add((port, child))
+            inner = h.claim(child, draw(st.sampled_from([EXACT, FIRST, ANY])), into=(claim, port))
+            deeper = [c for c in components if stage(c, n_layers) < stage(child, n_layers)]
+            if child.ports and deeper:  # a node with inputs under every copy
+                for port2 in draw(st.sets(st.sampled_from(child.ports), min_size=1, max_size=2)):
+                    leaf = draw(st.sampled_from(deeper))
+                    h.claim(leaf, draw(st.sampled_from(FEATURES)), into=(inner, port2))
+    return h
+
+
+@pytest.mark.parametrize("config", PER_POSITION_CONFIGS)
+@property_settings(6)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_per_position_heavy_trees_match_reference(config, data, seed):
+    model = model_for(config)
+    h = data.draw(per_position_hypotheses(model.cfg), label="hypothesis")
+    schedule = scrub.plan(h, DATA, seed, model=model)
+    assert any(node.copies for node in schedule.nodes())
+    batched, reference = engines_for(config)
+    want = reference.run(schedule)
+    got = batched.run(schedule)
+    assert close(got, want), f"max |batched - reference| = {max_diff(got, want):.3g}\n{h}"
+    asked = sorted(data.draw(st.sets(st.integers(0, N_POS - 1), min_size=1, max_size=3), label="positions"))
+    pruned = batched.run(schedule, positions=asked)
+    assert close(pruned, want[:, asked]), f"at {asked}: {max_diff(pruned, want[:, asked]):.3g}"
+
+
+def _copies_hypothesis() -> Hypothesis:
+    """Head 1.0 per position (token) with a head below every copy, needed at 0..t (its values)."""
+    h = Hypothesis("copies")
+    out = h.output()
+    top = h.claim(Head(1, 0), TOKEN, into=out)
+    h.claim(Embed(), TOKEN, into=(top, "q"))
+    mid = h.claim(Head(0, 1), FIRST, into=(top, "v"))
+    h.claim(Embed(), PREV, into=(mid, "k"))
+    h.claim(PosEmbed(), EXACT, into=(mid, "q"))
+    top2 = h.claim(Head(1, 1), PREV, into=out, positions=[1, 2, 4])
+    h.claim(Head(0, 1), EXACT, into=(top2, "k"))
+    return h
+
+
+def test_copies_share_attention_calls(monkeypatch):
+    """Copies (and the nodes below them) of one head go through a few calls, not one per copy,
+    with the same logits as one call per distinct query count."""
+    config = "attn-std-causal-LN"
+    model = model_for(config)
+    schedules = [scrub.plan(_copies_hypothesis(), DATA, seed, model=model) for seed in (0, 1)]
+    engine = BatchedEngine(model, DATA)
+    calls: list[tuple[int, int, int]] = []
+    original = type(engine.view).head_output
+
+    def counted(view, layer, head, q, k, v, q_positions=None):
+        calls.append((layer, head, q.shape[1]))
+        return original(view, layer, head, q, k, v, q_positions=q_positions)
+
+    monkeypatch.setattr(type(engine.view), "head_output", counted)
+    bucketed = engine.run_many(schedules)
+    bucketed_calls = list(calls)
+    calls.clear()
+    engine.group_by_query_count = True
+    per_count = engine.run_many(schedules)
+    per_count_calls = list(calls)
+    for a, b in zip(bucketed, per_count):
+        assert close(a, b, atol=1e-5)
+    _, reference = engines_for(config)
+    for s, a in zip(schedules, bucketed):
+        assert close(a, reference.run(s))
+    # head 0.1 below the copies of head 1.0 is needed at 1..5 queries (0..t): buckets 1, 2, 4, 8;
+    # head 1.0 and 1.1 copies at one query each; head 0.1 as head 1.1's EXACT k child at 0..4
+    heads = {(layer, head) for layer, head, _ in per_count_calls}
+    assert len(bucketed_calls) < len(per_count_calls)
+    assert len(bucketed_calls) <= len(heads) * (1 + (N_POS - 1).bit_length())
+    assert {q for layer, head, q in bucketed_calls if (layer, head) == (0, 1)} <= {1, 2, 4, 5}
+
+
 # ---- 3. chunking -------------------------------------------------------------------------------
 
 
@@ -489,3 +595,33 @@ def test_cache_budget_regimes(monkeypatch):
         assert (cached_rows == len(distinct_rows(rows, len(DATA)))) == one_pass, (share, passes)
         for g, w in zip(got, want):
             assert close(g, w, atol=1e-5), share
+
+
+def test_embeddings_are_read_through_the_view(monkeypatch):
+    """Embed and PosEmbed leaves come from ModelView.embed / pos_embed (so a family that scales
+    its embedding is read as the model reads it), not from the weight tables directly."""
+    model = model_for(MODEL_ATTN)
+    h = Hypothesis("embeddings")
+    out = h.output()
+    h.claim(Embed(), TOKEN, into=out)
+    h.claim(PosEmbed(), FIRST, into=out)
+    schedule = scrub.plan(h, DATA, 0, model=model)
+    engine = BatchedEngine(model, DATA)
+    plain = engine.run(schedule)
+    cls = type(engine.view)
+    calls = {"embed": 0, "pos_embed": 0}
+    original = {name: getattr(cls, name) for name in calls}
+
+    def spy(name, scale):
+        def wrapped(view, *args):
+            calls[name] += 1
+            return scale * original[name](view, *args)
+
+        return wrapped
+
+    monkeypatch.setattr(cls, "embed", spy("embed", 1.0))
+    monkeypatch.setattr(cls, "pos_embed", spy("pos_embed", 1.0))
+    assert torch.equal(engine.run(schedule), plain)
+    assert calls["embed"] > 0 and calls["pos_embed"] > 0
+    monkeypatch.setattr(cls, "embed", spy("embed", 2.0))  # a scaled embedding changes the scrub
+    assert max_diff(engine.run(schedule), plain) > 1e-3

@@ -11,8 +11,11 @@ Naive scrubbing runs a full forward pass per tree node. This engine instead
    their "other" rows), a head's clean q/k/v projection at the ports nothing patches, and the
    outputs of claimed children and leaves;
 3. evaluates the distinct nodes bottom-up by stage (embeddings, heads of layer 0, MLP 0, heads
-   of layer 1, ...), each at its needed positions only: the nodes of one head (or one MLP)
-   across every schedule given are concatenated into one batched call;
+   of layer 1, ...), each at its needed positions only: the nodes of one MLP across every
+   schedule given are concatenated into one batched call, and so are the nodes of one head
+   whose numbers of query positions fall in one power-of-two bucket (queries padded), so that
+   the per-position copies of a node and the nodes below them (needed at ``t`` or ``0..t``)
+   take a few calls per head, not one per copy;
 4. assembles the final residual at each root, applies the final norm and unembedding.
 
 Port inputs follow the residual decomposition of DESIGN.md section 1, exactly as the reference
@@ -61,6 +64,7 @@ class BatchedEngine:
     """
 
     name = "batched"
+    group_by_query_count = False  # benchmark switch: one attention call per distinct query count
 
     def __init__(self, model, data: Dataset, *, memory_budget_mb: float = 4096, device=None) -> None:
         view = model if isinstance(model, ModelView) else ModelView.from_hooked(model)
@@ -260,7 +264,10 @@ class BatchedEngine:
         groups: dict[tuple, list[ScheduleNode]] = defaultdict(list)
         for node in nodes:
             c = node.component
-            key = (Head, c.head, len(needed[id(node)])) if isinstance(c, Head) else (type(c), 0, 0)
+            if isinstance(c, Head):
+                key = (Head, c.head, self._query_bucket(len(needed[id(node)])))
+            else:
+                key = (type(c), 0, 0)
             groups[key].append(node)
         for (kind, _, _), group in groups.items():
             if kind is Head:
@@ -273,12 +280,26 @@ class BatchedEngine:
             for node, part in zip(group, outs):
                 values[id(node)] = part
 
+    def _query_bucket(self, n_queries: int) -> int:
+        """The group a head node needed at ``n_queries`` positions is evaluated in.
+
+        Nodes of one head whose query counts fall in one bucket ``(2^(j-1), 2^j]`` share one
+        attention call, their queries padded to the largest count in it (at most twice the work
+        of the node itself): per-position copies of a node (needed at ``(t,)``) and the nodes
+        below them (needed at ``0..t``, one count per copy) take about ``log2(n_pos)`` calls per
+        head instead of one per copy. ``group_by_query_count`` (a benchmark switch) restores
+        one call per distinct count."""
+        if self.group_by_query_count:
+            return n_queries
+        return 1 << max(0, n_queries - 1).bit_length()
+
     def _heads(
         self, group: list[ScheduleNode], cache: CleanCache, values: dict[int, Tensor], needed: dict[int, Positions]
     ) -> list[Tensor]:
-        """Nodes of one head with as many query positions: each port's projection either from the
+        """Nodes of one head (query counts in one bucket): each port's projection either from the
         clean cache (no claimed child patches it) or computed from the patched input, then one
-        `ModelView.head_output` call for the whole group."""
+        `ModelView.head_output` call for the whole group, queries padded to the largest count
+        (a padded query repeats the node's last one; its output is dropped)."""
         view, device = self.view, self.view.device
         layer, head = group[0].component.layer, group[0].component.head
         reads = [port_positions(node.component, needed[id(node)], self.data.n_pos, view.config.causal) for node in group]
@@ -300,13 +321,18 @@ class BatchedEngine:
                     parts[i] = part.reshape(x.shape[0], x.shape[1], -1)  # [n, p, e]
             projected[port] = parts
         n_keys = max(k.shape[1] for k in projected["k"])
-        q = torch.cat(projected["q"])  # [sum n, q, e]
+        counts = [len(needed[id(node)]) for node in group]
+        n_q = max(counts)
+        q = torch.cat([_repeat_last(x, n_q) for x in projected["q"]])  # [sum n, n_q, e]
         k, v = (torch.cat([_pad_positions(x, n_keys) for x in projected[p]]) for p in ("k", "v"))  # [sum n, keys, e]
         q_pos = torch.cat(
-            [cache.positions_tensor(needed[id(node)]).expand(n, -1) for n, node in zip(sizes, group)]
-        )  # [sum n, q]
-        out = view.head_output(layer, head, q, k, v, q_positions=q_pos)  # [sum n, q, d]
-        return list(torch.split(out, sizes))
+            [
+                cache.positions_tensor(_padded(needed[id(node)], n_q)).expand(n, -1)
+                for n, node in zip(sizes, group)
+            ]
+        )  # [sum n, n_q]
+        out = view.head_output(layer, head, q, k, v, q_positions=q_pos)  # [sum n, n_q, d]
+        return [part if c == n_q else part[:, :c] for part, c in zip(torch.split(out, sizes), counts)]
 
     def _pointwise(self, kind: type, group: list[ScheduleNode], inputs: list[Tensor]) -> list[Tensor]:
         """MLPs and the output act position by position: every (row, position) in one flat batch."""
@@ -354,6 +380,18 @@ def _pad_positions(x: Tensor, n: int) -> Tensor:
     if x.shape[1] == n:
         return x
     return torch.cat([x, x.new_zeros(x.shape[0], n - x.shape[1], x.shape[2])], dim=1)
+
+
+def _padded(positions: Positions, n: int) -> Positions:
+    """``positions`` with its last one repeated up to ``n`` entries."""
+    return positions + (positions[-1],) * (n - len(positions))
+
+
+def _repeat_last(x: Tensor, n: int) -> Tensor:
+    """``x [b, p, e]`` with its last position repeated up to ``n`` positions (padded queries)."""
+    if x.shape[1] == n:
+        return x
+    return torch.cat([x, x[:, -1:].expand(-1, n - x.shape[1], -1)], dim=1)
 
 
 def _assemble_copies(wrapper: ScheduleNode, values: dict[int, Tensor], needed: dict[int, Positions]) -> Tensor:

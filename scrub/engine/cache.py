@@ -5,7 +5,7 @@ residual stream at the ports of heads, MLPs and the output; ``("head", l, h)`` a
 ``("mlp", l)`` are component outputs; ``("q", l, h)``, ``("k", l, h)`` and ``("v", l, h)`` are a
 head's projected query, key and value (``d_head`` wide: what a head node reads through a port no
 claimed child patches); ``("embed",)`` and ``("pos",)`` are never stored (they are
-read from the weights for the rows asked for). Each key keeps only the positions some read of
+computed for the rows asked for with `ModelView.embed` and `ModelView.pos_embed`). Each key keeps only the positions some read of
 it needs, so a key read at the scored positions alone costs a fraction of a full table.
 """
 
@@ -141,6 +141,18 @@ class CleanCache:
             found = self._index_of[positions] = torch.tensor(positions, dtype=torch.long, device=self.view.device)
         return found
 
+    def _computed(self, key: Key, rows: Tensor, positions: tuple[int, ...], pos: Tensor) -> Float[Tensor, "n q d"]:
+        """The embeddings, through the view's methods (so a family that scales its embedding, or
+        whose positions are not added to the residual stream, is read the way the model reads it)."""
+        view = self.view
+        n = rows.shape[0]
+        if key == ("pos",):  # the same in every row; only standard positions are in the residual
+            if view.config.positional == "standard":
+                return view.pos_embed(1, (positions[-1] if positions else 0) + 1)[:, pos].expand(n, -1, -1)  # [n, q, d]
+            return torch.zeros(n, len(positions), view.config.d_model, dtype=view.dtype, device=view.device)
+        toks = self.tokens[rows[:, None], pos] if rows.ndim == 1 else self.tokens[rows, pos]  # [n, q]
+        return view.embed(toks)  # [n, q, d]
+
     def get(self, key: Key, rows: Tensor, positions: tuple[int, ...]) -> Float[Tensor, "n q d"]:
         """``key`` at ``positions`` (sorted) on ``rows``: ``[n, q, d]``.
 
@@ -151,13 +163,7 @@ class CleanCache:
         if rows.ndim == 2 and len(positions) < rows.shape[1]:
             rows = rows[:, pos]  # [n, q]: the row read at each asked position
         if key in COMPUTED:
-            n, d = rows.shape[0], self.view.config.d_model
-            if key == ("pos",):  # the same in every row; shortformer positions are not in the residual
-                if self.view.config.positional == "standard":
-                    return self.view.W_pos[pos].expand(n, len(positions), d)
-                return torch.zeros(n, len(positions), d, dtype=self.view.dtype, device=self.view.device)
-            toks = self.tokens[rows[:, None], pos] if rows.ndim == 1 else self.tokens[rows, pos]  # [n, q]
-            return self.view.W_E.index_select(0, toks.flatten()).unflatten(0, toks.shape)  # [n, q, d]
+            return self._computed(key, rows, positions, pos)
         if not self.stored_positions[key].issuperset(positions):
             raise ScheduleError(
                 f"internal: the clean cache holds {key} at {sorted(self.stored_positions[key])}, "
