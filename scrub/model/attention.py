@@ -111,7 +111,7 @@ def mix(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: 
     v = expand_kv(config, v, q.shape[1])  # [b, h, pk, e]
     mask = attention_mask(config, layer, q_pos, k.shape[2])
     scale = 1.0 / float(config.layer_attn_scales[layer])
-    if config.attn_softcap is None and not config.attn_fp32:
+    if config.attn_softcap is None and not config.attn_fp32 and not config.attn_eager:
         # every query sees at least its own key, so no softmax row is empty
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [b, h, pq, e]
     # the eager formula HuggingFace uses for these settings

@@ -60,6 +60,9 @@ class ViewConfig:
     * ``sliding_windows``: per layer, the window (a query sees keys ``q - w < k <= q``) or
       ``None``; empty: no layer has one;
     * ``attn_fp32``: attention scores computed from float32 queries and keys (GPT-J);
+    * ``attn_eager``: attention computed with HuggingFace's eager formula (scores, mask, float32
+      softmax, values) rather than ``scaled_dot_product_attention``; the same in exact
+      arithmetic, chosen to round like a source model that runs eager attention;
     * ``embed_scale``: the factor the token embedding is multiplied by (Gemma's
       ``sqrt(d_model)``; already folded into ``ModelView.W_E``).
     """
@@ -92,6 +95,7 @@ class ViewConfig:
     logit_softcap: Optional[float] = None
     sliding_windows: tuple[Optional[int], ...] = attrs.field(default=(), converter=tuple)
     attn_fp32: bool = False
+    attn_eager: bool = False
     embed_scale: Optional[float] = None
 
     def __attrs_post_init__(self) -> None:

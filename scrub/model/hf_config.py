@@ -213,6 +213,8 @@ def config_from_hf(model: Any) -> ViewConfig:
             "load it with AutoModelForCausalLM (a *ForCausalLM class)",
         )
     config = FAMILIES[family](cfg)
+    if getattr(cfg, "_attn_implementation", None) == "eager":
+        config = _with(config, attn_eager=True)
     embed = model.get_input_embeddings()
     d_vocab = getattr(embed, "num_embeddings", config.d_vocab)
     d_vocab_out = getattr(head, "out_features", config.d_vocab_out)

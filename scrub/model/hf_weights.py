@@ -186,4 +186,20 @@ def weights_from_hf(model: Any, config: ViewConfig) -> Weights:
     """Detached copies of a HuggingFace causal LM's weights, by `ModelView` field name, for the
     ``config`` `scrub.model.hf_config.config_from_hf` read from it."""
     with torch.no_grad():
-        return _READERS[config.family](model, config)
+        weights = _READERS[config.family](model, config)
+        weights["rotary_inv_freq"] = _inv_freq(model, config)
+    return weights
+
+
+def _inv_freq(model: Any, c: ViewConfig) -> Optional[Tensor]:
+    """The model's own rotary inverse frequencies as float32 (computed from the config where the
+    model holds a sin/cos table instead, as GPT-J does)."""
+    if c.positional != "rotary" or c.rotary_dim is None:
+        return None
+    from scrub.model.rotary import inverse_frequencies
+
+    base = getattr(model, "gpt_neox", None) or getattr(model, "model", None)
+    held = getattr(getattr(base, "rotary_emb", None), "inv_freq", None)
+    if isinstance(held, Tensor) and held.shape == (c.rotary_dim // 2,):
+        return held.detach().to(torch.float32).clone()
+    return inverse_frequencies(c.rotary_dim, c.rotary_base, model.get_input_embeddings().weight.device)

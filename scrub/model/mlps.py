@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ACTIVATIONS", "SUPPORTED_ACT_FNS", "plain_mlp", "gated_mlp"]
+__all__ = ["ACTIVATIONS", "SUPPORTED_ACT_FNS", "linear", "plain_mlp", "gated_mlp"]
 
 
 def _gelu_new(x: Tensor) -> Tensor:
@@ -41,14 +41,17 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 SUPPORTED_ACT_FNS: tuple[str, ...] = tuple(ACTIVATIONS)
 
 
-def _linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
-    y = x @ W  # [..., out]
-    return y if b is None else y + b
+def linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
+    """``x @ W + b`` for ``x [..., in]``, ``W [in, out]``, with the bias added inside the matmul
+    (as ``nn.Linear`` does: one rounding in low precision)."""
+    if b is None:
+        return x @ W  # [..., out]
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).reshape(*x.shape[:-1], W.shape[-1])  # [..., out]
 
 
 def plain_mlp(x_n: Tensor, act: str, W_in: Tensor, b_in: Optional[Tensor], W_out: Tensor, b_out: Optional[Tensor]) -> Tensor:
     """``act(x_n @ W_in + b_in) @ W_out + b_out`` for a normalised input ``x_n [..., d]``."""
-    return _linear(ACTIVATIONS[act](_linear(x_n, W_in, b_in)), W_out, b_out)  # [..., d]
+    return linear(ACTIVATIONS[act](linear(x_n, W_in, b_in)), W_out, b_out)  # [..., d]
 
 
 def gated_mlp(
@@ -63,5 +66,5 @@ def gated_mlp(
 ) -> Tensor:
     """Gated MLP (SwiGLU with ``silu``, GeGLU with a GELU):
     ``(act(x_n @ W_gate + b_gate) * (x_n @ W_in + b_in)) @ W_out + b_out``."""
-    gate = ACTIVATIONS[act](_linear(x_n, W_gate, b_gate))  # [..., m]
-    return _linear(gate * _linear(x_n, W_in, b_in), W_out, b_out)  # [..., d]
+    gate = ACTIVATIONS[act](linear(x_n, W_gate, b_gate))  # [..., m]
+    return linear(gate * linear(x_n, W_in, b_in), W_out, b_out)  # [..., d]

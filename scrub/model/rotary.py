@@ -12,6 +12,8 @@ other features pass through. Two pairings:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -35,13 +37,19 @@ def _rotate_every_two(x: Tensor) -> Tensor:
     return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
 
 
-def rotate(x: Tensor, positions: Tensor, rotary_dim: int, base: float, pairing: str) -> Tensor:
+def rotate(
+    x: Tensor, positions: Tensor, rotary_dim: int, base: float, pairing: str, inv_freq: Optional[Tensor] = None
+) -> Tensor:
     """``x [b, h, p, e]`` (queries or keys of some heads) rotated for ``positions``.
 
     ``positions`` is ``[p]`` (the same for every row) or ``[b, p]``; the first ``rotary_dim``
-    features rotate, the rest pass through unchanged.
+    features rotate, the rest pass through unchanged. ``inv_freq`` (``[rotary_dim / 2]``) are the
+    source model's own inverse frequencies where it holds them (a model cast to bfloat16 holds
+    them rounded); by default they are computed from ``base``.
     """
-    inv_freq = inverse_frequencies(rotary_dim, base, x.device)  # [r/2]
+    if inv_freq is None:
+        inv_freq = inverse_frequencies(rotary_dim, base, x.device)  # [r/2]
+    inv_freq = inv_freq.to(device=x.device, dtype=torch.float32)  # [r/2]
     angles = positions.to(x.device)[..., None].float() * inv_freq  # [p, r/2] or [b, p, r/2]
     if angles.ndim == 3:
         angles = angles[:, None]  # [b, 1, p, r/2]

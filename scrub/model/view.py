@@ -25,7 +25,7 @@ from torch import Tensor
 from scrub.errors import ComponentError, DatasetError, ScheduleError
 from scrub.model import attention
 from scrub.model.config import ViewConfig, config_from_hooked
-from scrub.model.mlps import gated_mlp, plain_mlp
+from scrub.model.mlps import gated_mlp, linear, plain_mlp
 from scrub.model.norms import normalise
 from scrub.model.rotary import rotate
 from scrub.model.weights import expected_shapes, weights_from_hooked
@@ -93,6 +93,7 @@ class ModelView:
         ln1_w, ln1_b, ln2_w, ln2_b [L, d_model]   ln_final_w, ln_final_b [d_model]
         ln_attn_out_w, ln_mlp_out_w [L, d_model] (post-norms)
         W_U [d_model, d_vocab_out]  b_U [d_vocab_out]
+        rotary_inv_freq [rotary_dim / 2] (float32; the source's own, where it holds them)
 
     MLP weights are ``None`` for attention-only models; norm gains and shifts exist where the
     normalisation has them. Biases a model lacks are zeros (adding zero is exact). All tensors
@@ -126,6 +127,7 @@ class ModelView:
     ln_mlp_out_w: Optional[Tensor] = None
     ln_final_w: Optional[Tensor] = None
     ln_final_b: Optional[Tensor] = None
+    rotary_inv_freq: Optional[Tensor] = None
 
     def __attrs_post_init__(self) -> None:
         self._check_shapes()
@@ -168,6 +170,8 @@ class ModelView:
             got = None if t is None else tuple(t.shape)
             if got != shape:
                 raise ValueError(f"ModelView.{name}: expected shape {shape}, got {got}")
+            if name == "rotary_inv_freq":  # float32 whatever the model's dtype
+                continue
             if t is not None and (t.dtype != self.W_E.dtype or t.device != self.W_E.device):
                 raise ValueError(
                     f"ModelView.{name} is {t.dtype} on {t.device}; every weight must share "
@@ -181,7 +185,9 @@ class ModelView:
         moved = {}
         for f in attrs.fields(type(self)):
             t = getattr(self, f.name)
-            if f.name != "config":
+            if f.name == "rotary_inv_freq":
+                moved[f.name] = None if t is None else t.to(device=device)
+            elif f.name != "config":
                 moved[f.name] = None if t is None else t.to(device=device, dtype=dtype)
         return type(self)(config=self.config, **moved)
 
@@ -240,7 +246,7 @@ class ModelView:
         y = attention.project(W, b, attention.with_positions(c, self.W_pos, port, x_n, positions))  # [b, h, p, e]
         if c.positional == "rotary" and port in ("q", "k"):
             assert c.rotary_dim is not None  # checked by ViewConfig
-            y = rotate(y, positions, c.rotary_dim, c.rotary_base, c.rotary_pairing)  # [b, h, p, e]
+            y = rotate(y, positions, c.rotary_dim, c.rotary_base, c.rotary_pairing, self.rotary_inv_freq)  # [b, h, p, e]
         return y
 
     def _attend(
@@ -461,10 +467,13 @@ class ModelView:
             out = self._norm(out, self.ln_mlp_out_w[layer], None)  # [b, p, d_model]
         return out
 
-    def attn_write(self, layer: int, heads_sum: Float[Tensor, "b p d"]) -> Float[Tensor, "b p d"]:
+    def attn_write(
+        self, layer: int, heads_sum: Float[Tensor, "b p d"], *, with_bias: bool = True
+    ) -> Float[Tensor, "b p d"]:
         """What the attention of ``layer`` adds to the residual stream given the sum of its
-        heads' outputs: ``heads_sum + b_O``, then the post-attention norm of a post-norm model."""
-        out = heads_sum + self.attn_bias(layer)  # [b, p, d_model]
+        heads' outputs: ``heads_sum + b_O`` (``with_bias=False``: ``heads_sum`` already holds
+        ``b_O``), then the post-attention norm of a post-norm model."""
+        out = heads_sum + self.attn_bias(layer) if with_bias else heads_sum  # [b, p, d_model]
         if self.config.post_norms:
             assert self.ln_attn_out_w is not None
             out = self._norm(out, self.ln_attn_out_w[layer], None)  # [b, p, d_model]
@@ -474,7 +483,7 @@ class ModelView:
         """Logits from the final residual stream: ``ln_final``, then ``W_U`` and ``b_U`` (then
         the final-logit soft cap of a model that has one)."""
         x = self._norm(resid, self.ln_final_w, self.ln_final_b)  # [b, p, d_model]
-        return attention.soft_cap(x @ self.W_U + self.b_U, self.config.logit_softcap)  # [b, p, d_vocab_out]
+        return attention.soft_cap(linear(x, self.W_U, self.b_U), self.config.logit_softcap)  # [b, p, d_vocab_out]
 
     # ----------------------------------------------------------------------------- full passes
 
@@ -502,9 +511,10 @@ class ModelView:
                 resid_pre.append(resid)
                 head_out.append(heads)
                 attn = heads.sum(2)  # [b, p, d_model]
-            else:  # every head's W_O in one matmul: the sum over heads, without the per-head outputs
-                attn = z.transpose(1, 2).flatten(2) @ self.W_O[layer].flatten(0, 1)  # [b, p, d_model]
-            written = self.attn_write(layer, attn)  # [b, p, d_model]
+            else:  # every head's W_O (and b_O) in one matmul: the sum over heads, no per-head outputs
+                z_flat = z.transpose(1, 2).flatten(2)  # [b, p, H*e]
+                attn = linear(z_flat, self.W_O[layer].flatten(0, 1), self.b_O[layer])  # [b, p, d_model]
+            written = self.attn_write(layer, attn, with_bias=keep)  # [b, p, d_model]
             if keep:
                 attn_out.append(written)
             if c.attn_only:
@@ -515,7 +525,8 @@ class ModelView:
             if keep:
                 resid_mid.append(mlp_in)
                 mlp_out.append(out)
-            resid = mlp_in + written + out if c.parallel_blocks else mlp_in + out  # [b, p, d_model]
+            # parallel: (attention + MLP) + residual, the order GPT-NeoX and GPT-J add in
+            resid = (written + out) + mlp_in if c.parallel_blocks else mlp_in + out  # [b, p, d_model]
         final = resid if positions is None else resid[:, positions]  # [b, q, d_model]
         out_logits = self.unembed(final) if logits else None  # [b, q, d_vocab_out]
         if not keep:

@@ -94,4 +94,5 @@ def expected_shapes(c: ViewConfig) -> dict[str, Optional[tuple[int, ...]]]:
         "ln_mlp_out_w": (L, d) if c.post_norms and mlp else None,
         "ln_final_w": (d,) if gain else None,
         "ln_final_b": (d,) if shift else None,
+        "rotary_inv_freq": (c.rotary_dim // 2,) if c.positional == "rotary" and c.rotary_dim else None,
     }
