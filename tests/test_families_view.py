@@ -9,6 +9,8 @@ import functools
 import attrs
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from families import FAMILIES, make_hf_model, random_tokens
 from scrub.errors import ComponentError, UnsupportedModelError
@@ -284,3 +286,28 @@ def test_bad_head_and_port():
         view.head_projection(0, view.config.n_heads, "q", x, torch.arange(3))
     with pytest.raises(ComponentError):
         view.head_projection(0, 0, "z", x, torch.arange(3))
+
+
+# ------------------------------------------------------------------- property: query subsets
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    family=st.sampled_from(FAMILIES),
+    layer=st.integers(0, 1),
+    head=st.integers(0, 3),
+    q_pos=st.lists(st.integers(0, 9), min_size=1, max_size=5, unique=True).map(sorted),
+    seed=st.integers(0, 2**16),
+)
+def test_patched_heads_at_query_subsets_equal_full_positions(family, layer, head, q_pos, seed):
+    """On unrelated (patched) q, k and v inputs, a head evaluated at some query positions equals
+    the same head evaluated at every position, read at those positions (rotary positions, sliding
+    windows, grouped k/v and soft caps included)."""
+    model, view = model_and_view(family)
+    g = torch.Generator().manual_seed(seed)
+    q_in, k_in, v_in = (torch.randn(2, 10, view.config.d_model, generator=g) for _ in range(3))
+    pos = torch.tensor(q_pos)
+    heads = torch.full((2,), head)
+    full = view.heads(layer, heads, q_in, k_in, v_in)  # [2, 10, d]
+    part = view.heads(layer, heads, q_in[:, pos], k_in, v_in, q_positions=pos)  # [2, q, d]
+    torch.testing.assert_close(part, full[:, pos], atol=1e-5, rtol=0)
+    torch.testing.assert_close(view.all_heads(layer, q_in, k_in, v_in)[:, :, head], full, atol=1e-5, rtol=0)
