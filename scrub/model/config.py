@@ -144,7 +144,8 @@ def _refuse(setting: str, value: Any, why: str = "") -> UnsupportedModelError:
     detail = f" ({why})" if why else ""
     return UnsupportedModelError(
         f"unsupported model setting {setting}={value!r}{detail}. {_SUPPORTED_SUMMARY}. "
-        f"Use a model without this setting, or evaluate it with the reference engine."
+        f"Use a model without this setting, or pass the HuggingFace model itself (scrub reads "
+        f"GPT-NeoX, GPT-J, Llama, Mistral, Qwen2, Gemma and Gemma-2 checkpoints directly)."
     )
 
 
