@@ -152,15 +152,18 @@ def randomize_hf(model: Any, seed: int) -> Any:
     return model
 
 
-def make_hf_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any) -> Any:
-    """A tiny random HuggingFace causal LM of ``family`` (see `FAMILIES`), eager attention, eval mode.
+def make_hf_model(
+    family: str, seed: int = 0, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager", **overrides: Any
+) -> Any:
+    """A tiny random HuggingFace causal LM of ``family`` (see `FAMILIES`), in eval mode.
 
-    ``overrides`` replace fields of the family's small config (e.g. ``num_key_value_heads=4``).
+    ``overrides`` replace fields of the family's small config (e.g. ``num_key_value_heads=4``);
+    ``attn_implementation`` is ``"eager"`` (default) or ``"sdpa"``.
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
     cls, config = _BUILDERS[family](**overrides)
-    config._attn_implementation = "eager"
+    config._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):
         model = cls(config)
     randomize_hf(model, seed)

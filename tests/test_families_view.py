@@ -80,6 +80,16 @@ def test_each_piece_matters(family, change):
     assert (wrong.forward(tokens) - hf_logits(model, tokens)).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma"])
+def test_sdpa_models(family):
+    """Models running torch's scaled_dot_product_attention: the view uses it too, same logits."""
+    model = make_hf_model(family, 2, attn_implementation="sdpa")
+    view = ModelView.from_model(model)
+    assert model.config._attn_implementation == "sdpa" and not view.config.attn_eager
+    tokens = random_tokens(model, seed=2)
+    torch.testing.assert_close(view.forward(tokens), hf_logits(model, tokens), atol=ATOL, rtol=0)
+
+
 def hf_hidden_states(model, tokens):
     with torch.no_grad():
         return model(tokens, output_hidden_states=True).hidden_states
