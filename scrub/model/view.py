@@ -278,7 +278,8 @@ class ModelView:
         q_positions: Optional[Int[Tensor, "b q"]] = None,
     ) -> Float[Tensor, "b q d"]:
         """Head ``head`` of ``layer`` from its projected queries (at ``q_positions``, default
-        ``0..k-1``), keys and values (at ``0..k-1``): attention, then ``W_O`` (no ``b_O``)."""
+        ``0..k-1``), keys and values (at ``0..k-1``), as `head_projection` returns them (q and k
+        already rotated in rotary models): attention (masks, soft cap), then ``W_O`` (no ``b_O``)."""
         layer = self._layer(layer)
         q_pos = attention.query_positions(q_positions, q.shape[1], k.shape[1], self.device)
         z = attention.mix(self.config, layer, q[:, None], k[:, None], v[:, None], q_pos)  # [b, 1, q, e]
