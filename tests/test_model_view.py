@@ -396,3 +396,15 @@ def test_unsupported_settings_are_refused(setting, overrides, mutate):
 def test_non_hooked_transformer_is_refused():
     with pytest.raises(UnsupportedModelError, match="HookedTransformer"):
         ModelView.from_hooked(torch.nn.Linear(2, 2))
+
+
+def test_from_model_reads_hooked_transformers():
+    """`ModelView.from_model` and `config_from_model` dispatch a HookedTransformer to `from_hooked`."""
+    from scrub.model import config_from_model
+
+    model = make_model(seed=3)
+    toks = torch.randint(0, D_VOCAB, (2, N_CTX), generator=torch.Generator().manual_seed(3))
+    via_model = ModelView.from_model(model)
+    assert config_from_model(model) == via_model.config == ModelView.from_hooked(model).config
+    torch.testing.assert_close(via_model.forward(toks), model(toks), atol=ATOL, rtol=0)
+

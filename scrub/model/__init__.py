@@ -1,13 +1,16 @@
 """The model view: a transformer's weights as plain tensors and pure per-component functions.
 
-`ModelView.from_hooked(model)` reads a TransformerLens ``HookedTransformer`` (refusing
-configurations it does not implement with `scrub.errors.UnsupportedModelError`); its methods
+`ModelView.from_model(model)` reads a TransformerLens ``HookedTransformer`` or a HuggingFace
+causal LM of a supported family (GPT-2, GPT-NeoX/Pythia, GPT-J, Llama, Mistral, Qwen2, Gemma,
+Gemma-2), refusing configurations it does not implement with
+`scrub.errors.UnsupportedModelError` (``from_hooked`` reads HookedTransformers only); its methods
 evaluate one component (a head, a stack of heads, an MLP, the embeddings, the unembedding) on
 given port inputs, batched over rows, and `ModelView.clean_pass` runs the whole model keeping
 every component's output.
 """
 
 from scrub.model.config import ACTIVATIONS, SUPPORTED_ACT_FNS, ViewConfig, config_from_hooked
+from scrub.model.sources import config_from_model, require_decomposable
 from scrub.model.view import CleanPass, ModelView
 
 __all__ = [
@@ -15,6 +18,8 @@ __all__ = [
     "ViewConfig",
     "CleanPass",
     "config_from_hooked",
+    "config_from_model",
+    "require_decomposable",
     "SUPPORTED_ACT_FNS",
     "ACTIVATIONS",
     "load_model",

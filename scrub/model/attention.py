@@ -1,14 +1,16 @@
-"""Attention of one layer, in the pieces the batched engine needs separately.
+"""Attention of one layer, in the pieces the batched engine needs separately; pure functions of
+plain tensors and the `ViewConfig` (no `ModelView` here).
 
-A head's output is built in three steps, each a pure function of the `ModelView`'s weights:
+A head's output is built in steps:
 
-1. `normalise`: ``ln1`` of a port input (q, k and v inputs are normalised separately, as
-   TransformerLens does with split q/k/v inputs), plus ``W_pos`` on q and k inputs of a
-   shortformer model;
+1. the port input normalised (`scrub.model.norms`), plus ``W_pos`` on q and k inputs of a
+   shortformer model (`with_positions`);
 2. `project`: the normalised input through ``W_Q``, ``W_K`` or ``W_V`` (and the bias) of the
-   selected heads, one matmul for all of them;
-3. `mix`: softmax attention of the projected queries over the projected keys (causal mask by
-   query position), applied to the projected values: ``z``, before ``W_O``.
+   selected heads, one matmul for all of them; q and k of a rotary model are then rotated for
+   their positions (`scrub.model.rotary`);
+3. `mix`: attention of the projected queries over the projected keys (causal and sliding-window
+   masks by query position, optional score soft-capping), applied to the projected values:
+   ``z``, before ``W_O``.
 
 Splitting them lets the engine take the projection of a port nobody patched straight from the
 clean pass, and evaluate queries at some positions only (``q_pos``).
@@ -16,66 +18,109 @@ clean pass, and evaluate queries at some positions only (``q_pos``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from scrub.errors import ScheduleError
+from scrub.model.config import ViewConfig
 
-if TYPE_CHECKING:
-    from scrub.model.view import ModelView
+__all__ = [
+    "query_positions",
+    "with_positions",
+    "project",
+    "key_value_heads",
+    "expand_kv",
+    "attention_mask",
+    "soft_cap",
+    "mix",
+]
 
-__all__ = ["normalise", "with_positions", "project", "mix", "query_positions"]
 
-WEIGHTS = {"q": ("W_Q", "b_Q"), "k": ("W_K", "b_K"), "v": ("W_V", "b_V")}
-
-
-def query_positions(view: "ModelView", q_pos: Optional[Tensor], n_q: int, n_keys: int) -> Tensor:
+def query_positions(q_pos: Optional[Tensor], n_q: int, n_keys: int, device: torch.device) -> Tensor:
     """``q_pos`` as a long tensor (``[q]`` or ``[b, q]``); default ``0..n_keys-1``."""
     if q_pos is None:
         if n_q != n_keys:
             raise ScheduleError(
                 f"q has {n_q} positions and k/v {n_keys}: pass q_positions to say where the queries sit"
             )
-        return torch.arange(n_keys, device=view.device)  # [q]
-    q_pos = torch.as_tensor(q_pos, dtype=torch.long, device=view.device)
+        return torch.arange(n_keys, device=device)  # [q]
+    q_pos = torch.as_tensor(q_pos, dtype=torch.long, device=device)
     if q_pos.ndim not in (1, 2) or q_pos.shape[-1] != n_q:
         raise ScheduleError(f"q_positions must be [q] or [batch, q] with q={n_q}, got {tuple(q_pos.shape)}")
     return q_pos
 
 
-def normalise(view: "ModelView", layer: int, port: str, x: Tensor, positions: Tensor) -> Tensor:
-    """``ln1`` of the port input ``x [b, p, d]`` sitting at ``positions`` (``[p]`` or ``[b, p]``),
-    plus ``W_pos`` there for the q and k ports of a shortformer model."""
-    return with_positions(view, port, view._ln1(layer, x), positions)
-
-
-def with_positions(view: "ModelView", port: str, x_n: Tensor, positions: Tensor) -> Tensor:
+def with_positions(config: ViewConfig, W_pos: Optional[Tensor], port: str, x_n: Tensor, positions: Tensor) -> Tensor:
     """``x_n`` plus ``W_pos[positions]`` for the q and k ports of a shortformer model (else itself)."""
-    if view.config.positional == "shortformer" and port in ("q", "k"):
-        return x_n + view.W_pos[positions]  # [b, p, d_model]
+    if config.positional == "shortformer" and port in ("q", "k") and W_pos is not None:
+        return x_n + W_pos[positions]  # [b, p, d_model]
     return x_n
 
 
-def project(view: "ModelView", layer: int, heads: slice, port: str, x_n: Tensor) -> Tensor:
-    """Normalised input ``x_n [b, p, d]`` through port ``port`` of the heads ``heads``: ``[b, h, p, e]``."""
-    w_name, b_name = WEIGHTS[port]
-    W = getattr(view, w_name)[layer, heads]  # [h, d_model, e]
+def project(W: Tensor, b: Tensor, x_n: Tensor) -> Tensor:
+    """Normalised input ``x_n [b, p, d]`` through heads' weights ``W [h, d, e]``, ``b [h, e]``:
+    ``[b, h, p, e]``."""
     n_h, e = W.shape[0], W.shape[2]
-    bias = getattr(view, b_name)[layer, heads].reshape(n_h * e)  # [h*e]
-    y = torch.addmm(bias, x_n.reshape(-1, x_n.shape[-1]), W.permute(1, 0, 2).reshape(-1, n_h * e))  # [b*p, h*e]
+    y = torch.addmm(b.reshape(n_h * e), x_n.reshape(-1, x_n.shape[-1]), W.permute(1, 0, 2).reshape(-1, n_h * e))  # [b*p, h*e]
     return y.reshape(x_n.shape[0], x_n.shape[1], n_h, e).transpose(1, 2)  # [b, h, p, e]
 
 
-def mix(view: "ModelView", layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> Tensor:
-    """``z [b, h, pq, e]``: queries ``q [b, h, pq, e]`` at ``q_pos`` attend to keys at ``0..pk-1``."""
-    mask = None
-    if view.config.causal:
-        mask = torch.arange(k.shape[2], device=q.device) <= q_pos[..., None]  # [pq, pk] or [b, pq, pk]
-        if mask.ndim == 3:
-            mask = mask[:, None]  # [b, 1, pq, pk]
-    scale = 1.0 / float(view.config.layer_attn_scales[layer])
-    # every query sees at least key 0, so no softmax row is empty
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [b, h, pq, e]
+def key_value_heads(config: ViewConfig, heads: slice) -> slice:
+    """The key/value heads that the query heads ``heads`` (``slice(None)`` or ``slice(h, h + 1)``) read."""
+    if heads == slice(None) or config.kv_group == 1:
+        return heads
+    h = heads.start
+    return slice(h // config.kv_group, h // config.kv_group + 1)
+
+
+def expand_kv(config: ViewConfig, x: Tensor, n_query_heads: int) -> Tensor:
+    """Keys or values ``x [b, hk, p, e]`` repeated to one per query head ``[b, h, p, e]``."""
+    if x.shape[1] == n_query_heads:
+        return x
+    return torch.repeat_interleave(x, n_query_heads // x.shape[1], dim=1)  # [b, h, p, e]
+
+
+def attention_mask(config: ViewConfig, layer: int, q_pos: Tensor, n_keys: int) -> Optional[Tensor]:
+    """Which keys (``0..n_keys-1``) each query at ``q_pos`` sees: ``[pq, pk]`` or ``[b, 1, pq, pk]``
+    (``None``: all of them). Causal: ``k <= q``; sliding window ``w``: also ``k > q - w``."""
+    window = config.sliding_window(layer)
+    if not config.causal and window is None:
+        return None
+    keys = torch.arange(n_keys, device=q_pos.device)  # [pk]
+    q = q_pos[..., None]  # [pq, 1] or [b, pq, 1]
+    mask = keys <= q if config.causal else torch.ones_like(keys <= q)  # [pq, pk] or [b, pq, pk]
+    if window is not None:
+        mask = mask & (keys > q - window)
+    return mask[:, None] if mask.ndim == 3 else mask
+
+
+def soft_cap(x: Tensor, cap: Optional[float]) -> Tensor:
+    """``cap * tanh(x / cap)`` (Gemma-2's attention-score and logit soft-capping); ``x`` if ``cap`` is None."""
+    if cap is None:
+        return x
+    return torch.tanh(x / cap) * cap
+
+
+def mix(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> Tensor:
+    """``z [b, h, pq, e]``: queries ``q [b, h, pq, e]`` at ``q_pos`` attend to keys and values
+    ``k, v [b, h or hk, pk, e]`` at ``0..pk-1`` (grouped key/value heads are repeated)."""
+    k = expand_kv(config, k, q.shape[1])  # [b, h, pk, e]
+    v = expand_kv(config, v, q.shape[1])  # [b, h, pk, e]
+    mask = attention_mask(config, layer, q_pos, k.shape[2])
+    scale = 1.0 / float(config.layer_attn_scales[layer])
+    if config.attn_softcap is None and not config.attn_fp32 and not config.attn_eager:
+        # every query sees at least its own key, so no softmax row is empty
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [b, h, pq, e]
+    # the eager formula HuggingFace uses for these settings
+    if config.attn_fp32:
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [b, h, pq, pk]
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [b, h, pq, pk]
+    scores = soft_cap(scores, config.attn_softcap)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # [b, h, pq, pk]
+    return torch.matmul(weights, v)  # [b, h, pq, e]

@@ -15,42 +15,13 @@ import math
 from typing import Any, Callable, Optional
 
 import attrs
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from scrub.errors import UnsupportedModelError
+from scrub.model.mlps import ACTIVATIONS, SUPPORTED_ACT_FNS
+from scrub.model.norms import NORMALIZATIONS
+from scrub.model.rotary import PAIRINGS
 
 __all__ = ["ViewConfig", "config_from_hooked", "SUPPORTED_ACT_FNS", "ACTIVATIONS"]
-
-# --------------------------------------------------------------------------------------------
-# Activation functions the model view implements (TransformerLens 3.9's formulas and names).
-# --------------------------------------------------------------------------------------------
-
-
-def _gelu_new(x: Tensor) -> Tensor:
-    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))
-    return 0.5 * x * (1.0 + torch.tanh(inner))
-
-
-def _gelu_fast(x: Tensor) -> Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "gelu_new": _gelu_new,
-    "gelu_fast": _gelu_fast,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-    "relu2": lambda x: F.relu(x) ** 2,
-    "solu": lambda x: x * F.softmax(x, dim=-1),
-}
-
-
-#: Activation functions the model view implements (TransformerLens names).
-SUPPORTED_ACT_FNS: tuple[str, ...] = tuple(ACTIVATIONS)
 
 _SUPPORTED_SUMMARY = (
     "scrub supports GPT-2-style pre-norm decoder blocks: LayerNorm ('LN'), folded LayerNorm "
@@ -69,6 +40,31 @@ class ViewConfig:
     of each layer, which differs from ``attn_scale`` only for models with
     ``scale_attn_by_inverse_layer_idx`` (layer ``l`` divides by ``attn_scale * (l + 1)``).
     ``d_mlp`` and ``act_fn`` are ``None`` for attention-only models.
+
+    The fields after ``layer_attn_scales`` select the pieces of modern families (their defaults
+    are GPT-2's):
+
+    * ``family``: where the view was read from (``"hooked_transformer"`` or a HuggingFace
+      ``model_type``);
+    * ``normalization``: one of `scrub.model.norms.NORMALIZATIONS`;
+    * ``positional``: ``"standard"`` (learned, added to the residual stream), ``"shortformer"``
+      (learned, added to the q/k inputs of heads) or ``"rotary"`` (``rotary_dim`` features of q
+      and k rotated, ``rotary_base``, ``rotary_pairing`` ``"neox"`` or ``"gptj"``);
+    * ``n_key_value_heads``: key/value heads (grouped-query attention when fewer than
+      ``n_heads``; query head ``h`` reads key/value head ``h // (n_heads / n_key_value_heads)``);
+    * ``gated_mlp``: ``act(x W_gate) * (x W_in)`` MLPs (SwiGLU, GeGLU);
+    * ``parallel_blocks``: attention and MLP of a layer read the same residual stream;
+    * ``post_norms``: a norm on the attention's and the MLP's output before they join the
+      residual stream (Gemma-2); heads then do not write to the residual stream one by one;
+    * ``attn_softcap`` / ``logit_softcap``: ``cap * tanh(x / cap)`` on attention scores / logits;
+    * ``sliding_windows``: per layer, the window (a query sees keys ``q - w < k <= q``) or
+      ``None``; empty: no layer has one;
+    * ``attn_fp32``: attention scores computed from float32 queries and keys (GPT-J);
+    * ``attn_eager``: attention computed with HuggingFace's eager formula (scores, mask, float32
+      softmax, values) rather than ``scaled_dot_product_attention``; the same in exact
+      arithmetic, chosen to round like a source model that runs eager attention;
+    * ``embed_scale``: the factor the token embedding is multiplied by (Gemma's
+      ``sqrt(d_model)``; already folded into ``ModelView.W_E``).
     """
 
     n_layers: int
@@ -80,13 +76,27 @@ class ViewConfig:
     d_vocab_out: int
     n_ctx: int
     attn_only: bool
-    positional: str  # "standard" | "shortformer"
+    positional: str  # "standard" | "shortformer" | "rotary"
     causal: bool
-    normalization: Optional[str]  # "LN" | "LNPre" | None
+    normalization: Optional[str]  # see scrub.model.norms.NORMALIZATIONS
     act_fn: Optional[str]
     eps: float
     attn_scale: float
     layer_attn_scales: tuple[float, ...] = attrs.field(converter=tuple)
+    family: str = "hooked_transformer"
+    n_key_value_heads: Optional[int] = None
+    rotary_dim: Optional[int] = None
+    rotary_base: float = 10000.0
+    rotary_pairing: str = "neox"
+    gated_mlp: bool = False
+    parallel_blocks: bool = False
+    post_norms: bool = False
+    attn_softcap: Optional[float] = None
+    logit_softcap: Optional[float] = None
+    sliding_windows: tuple[Optional[int], ...] = attrs.field(default=(), converter=tuple)
+    attn_fp32: bool = False
+    attn_eager: bool = False
+    embed_scale: Optional[float] = None
 
     def __attrs_post_init__(self) -> None:
         if len(self.layer_attn_scales) != self.n_layers:
@@ -94,13 +104,48 @@ class ViewConfig:
                 f"ViewConfig.layer_attn_scales needs one entry per layer ({self.n_layers}), "
                 f"got {len(self.layer_attn_scales)}"
             )
+        if self.sliding_windows and len(self.sliding_windows) != self.n_layers:
+            raise ValueError(
+                f"ViewConfig.sliding_windows needs one entry per layer ({self.n_layers}) or none, "
+                f"got {len(self.sliding_windows)}"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ViewConfig.n_key_value_heads={self.n_key_value_heads} must divide n_heads={self.n_heads}"
+            )
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"ViewConfig.normalization={self.normalization!r}; known: {NORMALIZATIONS}")
+        if self.positional not in ("standard", "shortformer", "rotary"):
+            raise ValueError(f"ViewConfig.positional={self.positional!r}; known: standard, shortformer, rotary")
+        if self.positional == "rotary":
+            r = self.rotary_dim
+            if r is None or r <= 0 or r % 2 or r > self.d_head or self.rotary_pairing not in PAIRINGS:
+                raise ValueError(
+                    f"a rotary ViewConfig needs an even rotary_dim in 2..d_head={self.d_head} and a "
+                    f"pairing in {PAIRINGS}; got rotary_dim={r}, rotary_pairing={self.rotary_pairing!r}"
+                )
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer (``n_heads`` unless grouped-query attention)."""
+        return self.n_heads if self.n_key_value_heads is None else self.n_key_value_heads
+
+    @property
+    def kv_group(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    def sliding_window(self, layer: int) -> Optional[int]:
+        """The sliding window of ``layer`` (``None``: full attention)."""
+        return self.sliding_windows[layer] if self.sliding_windows else None
 
 
 def _refuse(setting: str, value: Any, why: str = "") -> UnsupportedModelError:
     detail = f" ({why})" if why else ""
     return UnsupportedModelError(
         f"unsupported model setting {setting}={value!r}{detail}. {_SUPPORTED_SUMMARY}. "
-        f"Use a model without this setting, or evaluate it with the reference engine."
+        f"Use a model without this setting, or pass the HuggingFace model itself (scrub reads "
+        f"GPT-NeoX, GPT-J, Llama, Mistral, Qwen2, Gemma and Gemma-2 checkpoints directly)."
     )
 
 

@@ -4,8 +4,10 @@ evaluate ONE component on given port inputs, batched over rows.
 The view is what the batched scrubbing engine runs. Every function is pure (no hooks, no module
 state), vectorised over the leading batch axis, and computes in the dtype and on the device of
 the weights. `ModelView.forward` is built only from the component functions (embeddings, heads,
-MLPs, unembedding) summed into the residual stream, and equals TransformerLens's logits for
-every supported configuration (see `scrub.model.config`).
+MLPs, unembedding) summed into the residual stream, and equals the source model's logits
+(TransformerLens, or HuggingFace for the families in `scrub.model.hf_config`) for every
+supported configuration. The architecture pieces live in their own modules: `norms`,
+`rotary`, `attention` (projections, masks, soft-capping, mixing) and `mlps`.
 
 Padding masks are not modelled: every token is a real token. (A TransformerLens model with a
 left-padding tokenizer masks leading pad tokens in its own forward; the view does not.)
@@ -17,74 +19,47 @@ from typing import Any, Optional
 
 import attrs
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from scrub.errors import ComponentError, DatasetError, ScheduleError
 from scrub.model import attention
-from scrub.model.config import ACTIVATIONS, ViewConfig, config_from_hooked
+from scrub.model.clean_pass import CleanPass
+from scrub.model.config import ViewConfig, config_from_hooked
+from scrub.model.mlps import gated_mlp, linear, plain_mlp
+from scrub.model.norms import normalise
+from scrub.model.rotary import rotate
 from scrub.model.weights import expected_shapes, weights_from_hooked
 
 __all__ = ["ModelView", "CleanPass"]
 
 
 @attrs.frozen(eq=False)
-class CleanPass:
-    """One unscrubbed forward pass: every component's output and every port's input.
-
-    The residual stream decomposes exactly into component outputs (plus attention biases):
-    ``resid_pre[l] = embed + pos + sum_{l' < l} (head_out[l'].sum(2) + b_O[l'] + mlp_out[l'])``
-    and ``resid_mid[l] = resid_pre[l] + head_out[l].sum(2) + b_O[l]``, with ``b_O`` from
-    `ModelView.attn_bias`.
-
-    Attributes:
-        embed: token embedding ``[b, p, d_model]``.
-        pos: what the positional embedding adds to the residual stream ``[b, p, d_model]``;
-            all zeros for shortformer models, whose positions enter only the q/k inputs of heads.
-        resid_pre: per layer, the residual stream the heads read ``[b, p, d_model]``.
-        resid_mid: per layer, the residual stream the MLP reads (``None`` if attention-only).
-        head_out: per layer, every head's output without ``b_O`` ``[b, p, n_heads, d_model]``.
-        mlp_out: per layer, the MLP's output (``None`` if attention-only).
-        resid_final: the residual stream the output reads ``[b, p, d_model]``.
-        logits: ``[b, p, d_vocab_out]`` (``None`` when the pass was asked not to unembed).
-        head_q, head_k, head_v: per layer, every head's projected query, key and value
-            ``[b, p, n_heads, d_head]`` (`ModelView.head_projection` of the clean inputs).
-    """
-
-    embed: Float[Tensor, "b p d"]
-    pos: Float[Tensor, "b p d"]
-    resid_pre: tuple[Float[Tensor, "b p d"], ...]
-    resid_mid: Optional[tuple[Float[Tensor, "b p d"], ...]]
-    head_out: tuple[Float[Tensor, "b p h d"], ...]
-    mlp_out: Optional[tuple[Float[Tensor, "b p d"], ...]]
-    resid_final: Float[Tensor, "b p d"]
-    logits: Optional[Float[Tensor, "b p v"]]
-    head_q: tuple[Float[Tensor, "b p h e"], ...] = ()
-    head_k: tuple[Float[Tensor, "b p h e"], ...] = ()
-    head_v: tuple[Float[Tensor, "b p h e"], ...] = ()
-
-
-@attrs.frozen(eq=False)
 class ModelView:
     """A decoder-only transformer's weights as plain tensors, with one pure function per component.
 
-    Build it with `ModelView.from_hooked`. Weight shapes (``L`` layers, ``H`` heads)::
+    Build it with `ModelView.from_model` (a ``HookedTransformer`` or a HuggingFace causal LM).
+    Weight shapes (``L`` layers, ``H`` query heads, ``Hk`` key/value heads)::
 
-        W_E [d_vocab, d_model]      W_pos [n_ctx, d_model]
-        W_Q, W_K, W_V [L, H, d_model, d_head]   b_Q, b_K, b_V [L, H, d_head]
+        W_E [d_vocab, d_model] (times embed_scale)   W_pos [n_ctx, d_model] (learned positions)
+        W_Q [L, H, d_model, d_head]    W_K, W_V [L, Hk, d_model, d_head]
+        b_Q [L, H, d_head]             b_K, b_V [L, Hk, d_head]
         W_O [L, H, d_head, d_model]             b_O [L, d_model]
         W_in [L, d_model, d_mlp]  b_in [L, d_mlp]  W_out [L, d_mlp, d_model]  b_out [L, d_model]
+        W_gate [L, d_model, d_mlp]  b_gate [L, d_mlp] (gated MLPs)
         ln1_w, ln1_b, ln2_w, ln2_b [L, d_model]   ln_final_w, ln_final_b [d_model]
+        ln_attn_out_w, ln_mlp_out_w [L, d_model] (post-norms)
         W_U [d_model, d_vocab_out]  b_U [d_vocab_out]
+        rotary_inv_freq [rotary_dim / 2] (float32; the source's own, where it holds them)
 
-    MLP weights are ``None`` for attention-only models, LayerNorm weights unless the
-    normalisation is ``"LN"``. All tensors are detached copies sharing one dtype and device.
+    MLP weights are ``None`` for attention-only models; norm gains and shifts exist where the
+    normalisation has them. Biases a model lacks are zeros (adding zero is exact). All tensors
+    are detached copies sharing one dtype and device.
     """
 
     config: ViewConfig
     W_E: Tensor
-    W_pos: Tensor
+    W_pos: Optional[Tensor]
     W_Q: Tensor
     b_Q: Tensor
     W_K: Tensor
@@ -97,14 +72,19 @@ class ModelView:
     b_U: Tensor
     W_in: Optional[Tensor] = None
     b_in: Optional[Tensor] = None
+    W_gate: Optional[Tensor] = None
+    b_gate: Optional[Tensor] = None
     W_out: Optional[Tensor] = None
     b_out: Optional[Tensor] = None
     ln1_w: Optional[Tensor] = None
     ln1_b: Optional[Tensor] = None
     ln2_w: Optional[Tensor] = None
     ln2_b: Optional[Tensor] = None
+    ln_attn_out_w: Optional[Tensor] = None
+    ln_mlp_out_w: Optional[Tensor] = None
     ln_final_w: Optional[Tensor] = None
     ln_final_b: Optional[Tensor] = None
+    rotary_inv_freq: Optional[Tensor] = None
 
     def __attrs_post_init__(self) -> None:
         self._check_shapes()
@@ -125,13 +105,32 @@ class ModelView:
         weights = weights_from_hooked(model, config)
         return cls(config=config, **weights)
 
+    @classmethod
+    def from_model(cls, model: Any) -> "ModelView":
+        """Read a TransformerLens ``HookedTransformer`` or a HuggingFace causal LM (a
+        ``transformers.PreTrainedModel`` of a family in `scrub.model.hf_config.FAMILIES`) into
+        a view; weights copied and detached, in the model's own dtype.
+
+        Raises:
+            UnsupportedModelError: an unknown model type, or a setting the view does not
+                implement (the message names it), before any forward pass.
+        """
+        from scrub.model.sources import config_from_model, weights_from_model
+
+        config = config_from_model(model)
+        return cls(config=config, **weights_from_model(model, config))
+
     def _check_shapes(self) -> None:
         expected = expected_shapes(self.config)
         for name, shape in expected.items():
             t = getattr(self, name)
             got = None if t is None else tuple(t.shape)
+            if name == "rotary_inv_freq" and t is None:  # optional: computed from rotary_base
+                continue
             if got != shape:
                 raise ValueError(f"ModelView.{name}: expected shape {shape}, got {got}")
+            if name == "rotary_inv_freq":  # float32 whatever the model's dtype
+                continue
             if t is not None and (t.dtype != self.W_E.dtype or t.device != self.W_E.device):
                 raise ValueError(
                     f"ModelView.{name} is {t.dtype} on {t.device}; every weight must share "
@@ -145,7 +144,9 @@ class ModelView:
         moved = {}
         for f in attrs.fields(type(self)):
             t = getattr(self, f.name)
-            if f.name != "config":
+            if f.name == "rotary_inv_freq":
+                moved[f.name] = None if t is None else t.to(device=device)
+            elif f.name != "config":
                 moved[f.name] = None if t is None else t.to(device=device, dtype=dtype)
         return type(self)(config=self.config, **moved)
 
@@ -177,22 +178,35 @@ class ModelView:
             )
 
     def _norm(self, x: Tensor, w: Optional[Tensor], b: Optional[Tensor]) -> Tensor:
-        """LayerNorm ("LN": with ``w``, ``b``), its folded form ("LNPre"), or the identity."""
-        if self.config.normalization is None:
-            return x
-        # TransformerLens normalises low-precision inputs in float32 and casts back.
-        xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
-        # (x - mean) / sqrt(var + eps) with the biased variance, as TransformerLens computes it
-        if xf is x:  # the gain and shift inside the same kernel
-            return F.layer_norm(x, (x.shape[-1],), weight=w, bias=b, eps=self.config.eps)  # [..., d]
-        out = F.layer_norm(xf, (xf.shape[-1],), eps=self.config.eps).to(self.dtype)  # [..., d]
-        if w is not None and b is not None:
-            out = out * w + b
-        return out
+        """The model's normalisation (`scrub.model.norms`) of ``x`` with gain ``w``, shift ``b``."""
+        return normalise(self.config.normalization, x, w, b, self.config.eps)
+
+    def _layer_norm(self, name: str, layer: int, x: Tensor) -> Tensor:
+        """Norm ``name`` (``"ln1"``, ``"ln2"``) of ``layer`` applied to ``x``."""
+        w, b = getattr(self, f"{name}_w"), getattr(self, f"{name}_b")
+        return self._norm(x, None if w is None else w[layer], None if b is None else b[layer])
 
     def _ln1(self, layer: int, x: Tensor) -> Tensor:
-        ln = self.ln1_w is not None and self.ln1_b is not None
-        return self._norm(x, self.ln1_w[layer] if ln else None, self.ln1_b[layer] if ln else None)
+        return self._layer_norm("ln1", layer, x)
+
+    def _port(self, layer: int, heads: slice, port: str, x_n: Tensor, positions: Tensor) -> Tensor:
+        """Port ``port`` of the query heads ``heads`` on the normalised input ``x_n [b, p, d]`` at
+        ``positions``: projected, then rotated (q, k of rotary models). ``[b, h, p, e]``; for
+        k and v ``h`` counts the key/value heads the query heads read."""
+        c = self.config
+        if port == "q":
+            W, b = self.W_Q[layer, heads], self.b_Q[layer, heads]  # [h, d, e], [h, e]
+        elif port in ("k", "v"):
+            kv = attention.key_value_heads(c, heads)
+            W = (self.W_K if port == "k" else self.W_V)[layer, kv]  # [hk, d, e]
+            b = (self.b_K if port == "k" else self.b_V)[layer, kv]  # [hk, e]
+        else:
+            raise ComponentError(f"head port {port!r} does not exist; use 'q', 'k' or 'v'")
+        y = attention.project(W, b, attention.with_positions(c, self.W_pos, port, x_n, positions))  # [b, h, p, e]
+        if c.positional == "rotary" and port in ("q", "k"):
+            assert c.rotary_dim is not None  # checked by ViewConfig
+            y = rotate(y, positions, c.rotary_dim, c.rotary_base, c.rotary_pairing, self.rotary_inv_freq)  # [b, h, p, e]
+        return y
 
     def _attend(
         self,
@@ -223,32 +237,36 @@ class ModelView:
             )
         n_keys = k_in.shape[1]
         self._check_positions(n_keys)
-        q_pos = attention.query_positions(self, q_pos, q_in.shape[1], n_keys)
+        q_pos = attention.query_positions(q_pos, q_in.shape[1], n_keys, self.device)
         keys = torch.arange(n_keys, device=self.device)
-        # one LayerNorm for inputs that are one tensor (as in a clean pass)
+        # one norm for inputs that are one tensor (as in a clean pass)
         normed: dict[int, Tensor] = {}
 
-        def prepared(port: str, x: Tensor, at: Tensor) -> Tensor:
+        def prepared(x: Tensor) -> Tensor:
             if id(x) not in normed:
                 normed[id(x)] = self._ln1(layer, x)  # [b, p, d_model]
-            return attention.with_positions(self, port, normed[id(x)], at)
+            return normed[id(x)]
 
-        q = attention.project(self, layer, heads, "q", prepared("q", q_in, q_pos))  # [b, h, pq, e]
-        k = attention.project(self, layer, heads, "k", prepared("k", k_in, keys))  # [b, h, pk, e]
-        v = attention.project(self, layer, heads, "v", prepared("v", v_in, keys))  # [b, h, pk, e]
+        q = self._port(layer, heads, "q", prepared(q_in), q_pos)  # [b, h, pq, e]
+        k = self._port(layer, heads, "k", prepared(k_in), keys)  # [b, hk, pk, e]
+        v = self._port(layer, heads, "v", prepared(v_in), keys)  # [b, hk, pk, e]
         if keep is not None:
             keep.extend((q, k, v))
-        return attention.mix(self, layer, q, k, v, q_pos)  # [b, h, pq, e]
+        return attention.mix(self.config, layer, q, k, v, q_pos)  # [b, h, pq, e]
 
     def head_projection(
         self, layer: int, head: int, port: str, x: Float[Tensor, "b p d"], positions: Int[Tensor, "p"]
     ) -> Float[Tensor, "b p e"]:
         """Port ``port`` (``"q"``, ``"k"`` or ``"v"``) of head ``head`` of ``layer`` on the port input
         ``x`` sitting at ``positions`` (``[p]`` or ``[b, p]``): ``ln1``, ``W_pos`` for q and k of a
-        shortformer model, then ``W_port`` and ``b_port``. ``[b, p, d_head]``."""
+        shortformer model, then ``W_port`` and ``b_port``, then (q and k of a rotary model) the
+        rotation for ``positions``. ``[b, p, d_head]``. ``head`` is a query head: its k and v
+        ports read its key/value head ``head // config.kv_group``."""
         layer = self._layer(layer)
-        x_n = attention.normalise(self, layer, port, x, torch.as_tensor(positions, device=self.device))
-        return attention.project(self, layer, slice(head, head + 1), port, x_n)[:, 0]  # [b, p, e]
+        if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < self.config.n_heads:
+            raise ComponentError(f"head {head!r} does not exist: layer {layer} has heads 0..{self.config.n_heads - 1}")
+        pos = torch.as_tensor(positions, dtype=torch.long, device=self.device)
+        return self._port(layer, slice(head, head + 1), port, self._ln1(layer, x), pos)[:, 0]  # [b, p, e]
 
     def head_output(
         self,
@@ -260,10 +278,11 @@ class ModelView:
         q_positions: Optional[Int[Tensor, "b q"]] = None,
     ) -> Float[Tensor, "b q d"]:
         """Head ``head`` of ``layer`` from its projected queries (at ``q_positions``, default
-        ``0..k-1``), keys and values (at ``0..k-1``): attention, then ``W_O`` (no ``b_O``)."""
+        ``0..k-1``), keys and values (at ``0..k-1``), as `head_projection` returns them (q and k
+        already rotated in rotary models): attention (masks, soft cap), then ``W_O`` (no ``b_O``)."""
         layer = self._layer(layer)
-        q_pos = attention.query_positions(self, q_positions, q.shape[1], k.shape[1])
-        z = attention.mix(self, layer, q[:, None], k[:, None], v[:, None], q_pos)  # [b, 1, q, e]
+        q_pos = attention.query_positions(q_positions, q.shape[1], k.shape[1], self.device)
+        z = attention.mix(self.config, layer, q[:, None], k[:, None], v[:, None], q_pos)  # [b, 1, q, e]
         return z[:, 0] @ self.W_O[layer, head]  # [b, q, d_model]
 
     def _per_head_out(self, layer: int, heads: Any, z: Tensor) -> Tensor:
@@ -289,6 +308,11 @@ class ModelView:
         (it is not part of the residual stream there; see `CleanPass.pos`).
         """
         self._check_positions(n_pos)
+        if self.W_pos is None:
+            raise ScheduleError(
+                f"pos_embed: the model has {self.config.positional!r} positions, no learned "
+                f"positional embedding; use it only when config.positional == 'standard'"
+            )
         return self.W_pos[:n_pos].expand(n_rows, n_pos, self.config.d_model)  # [b, p, d_model]
 
     def heads(
@@ -374,8 +398,11 @@ class ModelView:
     def mlp(self, layer: int, x: Float[Tensor, "b p d"]) -> Float[Tensor, "b p d"]:
         """Output of the MLP of ``layer`` given its input ``x`` (residual stream before ``ln2``).
 
-        Applies ``ln2``, ``W_in``, ``b_in``, the activation, ``W_out`` and ``b_out``; equals
-        TransformerLens's ``hook_mlp_out`` when its ``hook_mlp_in`` holds ``x``.
+        Applies ``ln2``, ``W_in``, ``b_in``, the activation (times the gate ``x W_gate +
+        b_gate`` for gated MLPs), ``W_out`` and ``b_out``, then the post-MLP norm of a post-norm
+        model: what the MLP adds to the residual stream. Equals TransformerLens's
+        ``hook_mlp_out`` when its ``hook_mlp_in`` holds ``x`` (HuggingFace: the MLP's residual
+        write when the block's MLP input norm reads ``x``).
         """
         layer = self._layer(layer)
         if self.config.attn_only or self.W_in is None:
@@ -384,16 +411,39 @@ class ModelView:
                 f"embeddings instead"
             )
         assert self.b_in is not None and self.W_out is not None and self.b_out is not None
-        ln = self.ln2_w is not None and self.ln2_b is not None
-        x_n = self._norm(x, self.ln2_w[layer] if ln else None, self.ln2_b[layer] if ln else None)
-        act = ACTIVATIONS[self.config.act_fn or "relu"]
-        pre = x_n @ self.W_in[layer] + self.b_in[layer]  # [b, p, d_mlp]
-        return act(pre) @ self.W_out[layer] + self.b_out[layer]  # [b, p, d_model]
+        c = self.config
+        x_n = self._layer_norm("ln2", layer, x)  # [b, p, d_model]
+        act = c.act_fn or "relu"
+        if c.gated_mlp:
+            assert self.W_gate is not None and self.b_gate is not None
+            out = gated_mlp(
+                x_n, act, self.W_gate[layer], self.b_gate[layer], self.W_in[layer], self.b_in[layer],
+                self.W_out[layer], self.b_out[layer],
+            )  # [b, p, d_model]
+        else:
+            out = plain_mlp(x_n, act, self.W_in[layer], self.b_in[layer], self.W_out[layer], self.b_out[layer])  # [b, p, d_model]
+        if c.post_norms:
+            assert self.ln_mlp_out_w is not None
+            out = self._norm(out, self.ln_mlp_out_w[layer], None)  # [b, p, d_model]
+        return out
+
+    def attn_write(
+        self, layer: int, heads_sum: Float[Tensor, "b p d"], *, with_bias: bool = True
+    ) -> Float[Tensor, "b p d"]:
+        """What the attention of ``layer`` adds to the residual stream given the sum of its
+        heads' outputs: ``heads_sum + b_O`` (``with_bias=False``: ``heads_sum`` already holds
+        ``b_O``), then the post-attention norm of a post-norm model."""
+        out = heads_sum + self.attn_bias(layer) if with_bias else heads_sum  # [b, p, d_model]
+        if self.config.post_norms:
+            assert self.ln_attn_out_w is not None
+            out = self._norm(out, self.ln_attn_out_w[layer], None)  # [b, p, d_model]
+        return out
 
     def unembed(self, resid: Float[Tensor, "b p d"]) -> Float[Tensor, "b p v"]:
-        """Logits from the final residual stream: ``ln_final``, then ``W_U`` and ``b_U``."""
+        """Logits from the final residual stream: ``ln_final``, then ``W_U`` and ``b_U`` (then
+        the final-logit soft cap of a model that has one)."""
         x = self._norm(resid, self.ln_final_w, self.ln_final_b)  # [b, p, d_model]
-        return x @ self.W_U + self.b_U  # [b, p, d_vocab_out]
+        return attention.soft_cap(linear(x, self.W_U, self.b_U), self.config.logit_softcap)  # [b, p, d_vocab_out]
 
     # ----------------------------------------------------------------------------- full passes
 
@@ -403,11 +453,11 @@ class ModelView:
         n_rows, n_pos = tokens.shape
         if c.positional == "standard":
             pos = self.pos_embed(n_rows, n_pos)  # [b, p, d_model]
-        else:  # shortformer: positions enter the heads' q/k inputs, not the residual stream
+        else:  # shortformer, rotary: positions enter the heads' q/k, not the residual stream
             self._check_positions(n_pos)
             pos = torch.zeros_like(embed)  # [b, p, d_model]
         resid = embed + pos  # [b, p, d_model]
-        resid_pre, resid_mid, head_out, mlp_out = [], [], [], []
+        resid_pre, resid_mid, head_out, mlp_out, attn_out = [], [], [], [], []
         head_q: list[Tensor] = []
         head_k: list[Tensor] = []
         head_v: list[Tensor] = []
@@ -416,20 +466,27 @@ class ModelView:
             z = self._attend(layer, slice(None), resid, resid, resid, keep=qkv)  # [b, H, p, e]
             if keep:
                 for store, value in zip((head_q, head_k, head_v), qkv):
-                    store.append(value.transpose(1, 2))  # [b, p, H, e]
+                    store.append(attention.expand_kv(c, value, c.n_heads).transpose(1, 2))  # [b, p, H, e]
                 heads = self._per_head_out(layer, slice(None), z)  # [b, p, H, d_model]
                 resid_pre.append(resid)
                 head_out.append(heads)
                 attn = heads.sum(2)  # [b, p, d_model]
-            else:  # every head's W_O in one matmul: the sum over heads, without the per-head outputs
-                attn = z.transpose(1, 2).flatten(2) @ self.W_O[layer].flatten(0, 1)  # [b, p, d_model]
-            resid = resid + (attn + self.attn_bias(layer))  # [b, p, d_model]
-            if not c.attn_only:
-                out = self.mlp(layer, resid)  # [b, p, d_model]
-                if keep:
-                    resid_mid.append(resid)
-                    mlp_out.append(out)
-                resid = resid + out  # [b, p, d_model]
+            else:  # every head's W_O (and b_O) in one matmul: the sum over heads, no per-head outputs
+                z_flat = z.transpose(1, 2).flatten(2)  # [b, p, H*e]
+                attn = linear(z_flat, self.W_O[layer].flatten(0, 1), self.b_O[layer])  # [b, p, d_model]
+            written = self.attn_write(layer, attn, with_bias=keep)  # [b, p, d_model]
+            if keep:
+                attn_out.append(written)
+            if c.attn_only:
+                resid = resid + written  # [b, p, d_model]
+                continue
+            mlp_in = resid if c.parallel_blocks else resid + written  # [b, p, d_model]
+            out = self.mlp(layer, mlp_in)  # [b, p, d_model]
+            if keep:
+                resid_mid.append(mlp_in)
+                mlp_out.append(out)
+            # parallel: (attention + MLP) + residual, the order GPT-NeoX and GPT-J add in
+            resid = (written + out) + mlp_in if c.parallel_blocks else mlp_in + out  # [b, p, d_model]
         final = resid if positions is None else resid[:, positions]  # [b, q, d_model]
         out_logits = self.unembed(final) if logits else None  # [b, q, d_vocab_out]
         if not keep:
@@ -446,6 +503,7 @@ class ModelView:
             head_q=tuple(head_q),
             head_k=tuple(head_k),
             head_v=tuple(head_v),
+            attn_out=tuple(attn_out),
         )
 
     def clean_pass(self, tokens: Int[Tensor, "b p"], *, logits: bool = True) -> CleanPass:

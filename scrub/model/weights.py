@@ -62,30 +62,37 @@ def weights_from_hooked(model: Any, config: ViewConfig) -> dict[str, Optional[Te
 
 def expected_shapes(c: ViewConfig) -> dict[str, Optional[tuple[int, ...]]]:
     """The shape of every `ModelView` weight for config ``c`` (``None``: the weight is absent)."""
-    L, H, d, e = c.n_layers, c.n_heads, c.d_model, c.d_head
+    L, H, Hk, d, e = c.n_layers, c.n_heads, c.n_kv_heads, c.d_model, c.d_head
     m = c.d_mlp
-    ln = c.normalization == "LN"
+    mlp = not c.attn_only
+    gain = c.normalization in ("LN", "layernorm", "rms", "rms_1p")
+    shift = c.normalization in ("LN", "layernorm")
     return {
         "W_E": (c.d_vocab, d),
-        "W_pos": (c.n_ctx, d),
+        "W_pos": (c.n_ctx, d) if c.positional in ("standard", "shortformer") else None,
         "W_Q": (L, H, d, e),
         "b_Q": (L, H, e),
-        "W_K": (L, H, d, e),
-        "b_K": (L, H, e),
-        "W_V": (L, H, d, e),
-        "b_V": (L, H, e),
+        "W_K": (L, Hk, d, e),
+        "b_K": (L, Hk, e),
+        "W_V": (L, Hk, d, e),
+        "b_V": (L, Hk, e),
         "W_O": (L, H, e, d),
         "b_O": (L, d),
         "W_U": (d, c.d_vocab_out),
         "b_U": (c.d_vocab_out,),
-        "W_in": None if c.attn_only else (L, d, m),
-        "b_in": None if c.attn_only else (L, m),
-        "W_out": None if c.attn_only else (L, m, d),
-        "b_out": None if c.attn_only else (L, d),
-        "ln1_w": (L, d) if ln else None,
-        "ln1_b": (L, d) if ln else None,
-        "ln2_w": (L, d) if ln and not c.attn_only else None,
-        "ln2_b": (L, d) if ln and not c.attn_only else None,
-        "ln_final_w": (d,) if ln else None,
-        "ln_final_b": (d,) if ln else None,
+        "W_in": (L, d, m) if mlp else None,
+        "b_in": (L, m) if mlp else None,
+        "W_gate": (L, d, m) if mlp and c.gated_mlp else None,
+        "b_gate": (L, m) if mlp and c.gated_mlp else None,
+        "W_out": (L, m, d) if mlp else None,
+        "b_out": (L, d) if mlp else None,
+        "ln1_w": (L, d) if gain else None,
+        "ln1_b": (L, d) if shift else None,
+        "ln2_w": (L, d) if gain and mlp else None,
+        "ln2_b": (L, d) if shift and mlp else None,
+        "ln_attn_out_w": (L, d) if c.post_norms else None,
+        "ln_mlp_out_w": (L, d) if c.post_norms and mlp else None,
+        "ln_final_w": (d,) if gain else None,
+        "ln_final_b": (d,) if shift else None,
+        "rotary_inv_freq": (c.rotary_dim // 2,) if c.positional == "rotary" and c.rotary_dim else None,
     }

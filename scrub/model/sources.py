@@ -1,0 +1,98 @@
+"""Where a model view comes from: dispatch on the kind of model, and the decomposability rule.
+
+`config_from_model` reads the architecture of a TransformerLens ``HookedTransformer`` or of a
+HuggingFace causal LM without copying weights (other code uses it for shapes);
+`weights_from_model` copies the weights. `require_decomposable` is the check the engines call
+before scrubbing: a model whose attention output is normalised after the heads are summed
+(Gemma-2's post-norms) has no per-head residual writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import Tensor
+
+from scrub.errors import UnsupportedModelError
+from scrub.model.config import ViewConfig, config_from_hooked
+from scrub.model.weights import weights_from_hooked
+
+__all__ = ["config_from_model", "weights_from_model", "require_decomposable"]
+
+
+def _is_hooked(model: Any) -> bool:
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:  # pragma: no cover - TransformerLens is a dependency
+        return False
+    return isinstance(model, HookedTransformer)
+
+
+def _is_hf(model: Any) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def config_from_model(model: Any) -> ViewConfig:
+    """The `ViewConfig` of a ``HookedTransformer`` or a HuggingFace causal LM (no weights copied).
+
+    Raises:
+        UnsupportedModelError: another kind of object, an unknown family, or a setting the view
+            does not implement (the message names it).
+    """
+    if _is_hooked(model):
+        return config_from_hooked(model)
+    if _is_hf(model):
+        from scrub.model.hf_config import config_from_hf
+
+        config = config_from_hf(model)
+        _check_dtypes(model)
+        return config
+    raise UnsupportedModelError(
+        f"scrub reads a transformer_lens.HookedTransformer or a transformers PreTrainedModel "
+        f"(a *ForCausalLM), got {type(model).__name__}; load the model as one of them"
+    )
+
+
+def _check_dtypes(model: Any) -> None:
+    dtypes = {p.dtype for p in model.parameters()}
+    devices = {p.device for p in model.parameters()}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+        raise UnsupportedModelError(
+            f"unsupported model setting: parameter dtypes {sorted(map(str, dtypes))} (the view needs one "
+            f"floating dtype for every weight); cast the model with model.to(dtype)"
+        )
+    if len(devices) != 1:
+        raise UnsupportedModelError(
+            f"unsupported model setting: parameters on devices {sorted(map(str, devices))} (the view "
+            f"needs one device); move the model with model.to(device)"
+        )
+
+
+def weights_from_model(model: Any, config: ViewConfig) -> dict[str, Optional[Tensor]]:
+    """Detached copies of the weights of ``model`` (as read into ``config``), by `ModelView` field."""
+    if config.family == "hooked_transformer":
+        return weights_from_hooked(model, config)
+    from scrub.model.hf_weights import weights_from_hf
+
+    return weights_from_hf(model, config)
+
+
+def require_decomposable(config: ViewConfig) -> None:
+    """Raise `UnsupportedModelError` unless every head writes to the residual stream on its own.
+
+    Scrubbing patches one head's output while the others keep theirs, which needs the attention's
+    residual write to be the sum of per-head writes (plus a bias). With post-norms (Gemma-2) the
+    norm is applied to that sum, so there is no per-head write to patch.
+    """
+    if config.post_norms:
+        raise UnsupportedModelError(
+            f"rule: scrubbing needs each head's residual write on its own; offender: the "
+            f"{config.family!r} model normalises the attention output after summing the heads "
+            f"(post-attention norm, ViewConfig.post_norms=True), so heads do not decompose; fix: "
+            f"scrub a model without post-norms (Gemma-2 models can be evaluated with the model "
+            f"view's forward, not scrubbed per head)"
+        )
