@@ -43,6 +43,10 @@ class ReportError(ScrubError, ValueError):
     """A report request is malformed (unknown subgraph claim, pair, dataset name, ...)."""
 
 
+class OptionsError(ScrubError, ValueError):
+    """An argument of a public entry point has the wrong type or is out of range (see `scrub.options`)."""
+
+
 __all__ = [
     "ScrubError",
     "HypothesisError",
@@ -53,4 +57,5 @@ __all__ = [
     "ScheduleError",
     "MetricError",
     "ReportError",
+    "OptionsError",
 ]
