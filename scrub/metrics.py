@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from scrub.data import Dataset
-from scrub.errors import MetricError
+from scrub.errors import DatasetError, MetricError
 
 __all__ = [
     "Metric",
@@ -97,8 +97,8 @@ class Metric:
         """Refuse a dataset whose targets (or extras) this metric cannot read, before any forward pass.
 
         Raises:
-            MetricError: the targets' dtype or range does not fit the metric's target kind, or an
-                extra it reads is missing.
+            DatasetError: the targets' dtype or range does not fit the metric's target kind.
+            MetricError: an extra the metric reads is missing, or its output channel does not exist.
         """
         for key in self.extras:
             if key not in data.extras:
@@ -112,26 +112,26 @@ class Metric:
         scored = targets[data.loss_mask]
         if self.targets == "class":
             if targets.dtype == torch.bool or targets.dtype.is_floating_point or targets.dtype.is_complex:
-                raise MetricError(
+                raise DatasetError(
                     f"metric {self.name!r} reads class-index targets (integers in 0..{d_vocab_out - 1}); dataset "
                     f"{data.name!r} has {targets.dtype} targets. For real-valued targets use "
                     f"metric='squared_error'; for class ids, convert them with targets.long()"
                 )
             if len(scored) and (int(scored.max()) >= d_vocab_out or int(scored.min()) < 0):
-                raise MetricError(
-                    f"metric {self.name!r} reads class-index targets in 0..{d_vocab_out - 1} (the model's "
-                    f"outputs); dataset {data.name!r} has scored targets in [{int(scored.min())}, "
-                    f"{int(scored.max())}]; fix the targets or mask the positions that are not scored"
+                raise DatasetError(
+                    f"dataset {data.name!r} has scored targets outside the model's outputs 0..{d_vocab_out - 1} "
+                    f"(found [{int(scored.min())}, {int(scored.max())}]); metric {self.name!r} reads class-index "
+                    f"targets; fix the targets or mask the positions that are not scored"
                 )
             return
         # real-valued targets
         if targets.dtype == torch.bool or targets.dtype.is_complex:
-            raise MetricError(
+            raise DatasetError(
                 f"metric {self.name!r} reads real-valued targets; dataset {data.name!r} has {targets.dtype} "
                 f"targets; give a float (or integer) tensor"
             )
         if len(scored) and not bool(torch.isfinite(scored.double()).all()):
-            raise MetricError(
+            raise DatasetError(
                 f"metric {self.name!r} reads real-valued targets; dataset {data.name!r} has NaN or infinite "
                 f"targets at scored positions; fix them or mask those positions"
             )

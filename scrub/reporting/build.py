@@ -85,36 +85,38 @@ def _verdict(interaction: Estimate, min_effect: float, drop_a: Optional[Estimate
     """
     if not interaction.excludes_zero() or abs(interaction.value) < min_effect:
         return "additive"
-    each_costs = drop_a is None or drop_b is None or (_costs(drop_a, min_effect) and _costs(drop_b, min_effect))
+    each_costs = drop_a is None or drop_b is None or (_costs(drop_a) and _costs(drop_b))
     if interaction.value > 0:
         return "OR-like (backup)" if each_costs else "super-additive"
     return "AND-like" if each_costs else "sub-additive"
 
 
-def _costs(drop: Estimate, min_effect: float) -> bool:
-    """Whether removing claims clearly costs loss recovered (a drop above noise and ``min_effect``)."""
-    return drop.value >= min_effect and drop.ci[0] > 0
+def _costs(drop: Estimate) -> bool:
+    """Whether removing claims costs loss recovered beyond noise (the drop's interval is above zero).
+
+    A backup's single removal may cost little (its partner covers for it), so no minimum size."""
+    return drop.value > 0 and drop.ci[0] > 0
 
 
-def _raises(drop: Estimate, min_effect: float) -> bool:
-    """Whether removing claims clearly raises loss recovered (a negative drop beyond noise)."""
-    return drop.value <= -min_effect and drop.ci[1] < 0
+def _raises(drop: Estimate) -> bool:
+    """Whether removing claims raises loss recovered beyond noise (the drop's interval is below zero)."""
+    return drop.value < 0 and drop.ci[1] < 0
 
 
-def _removal(name: str, drop: Estimate, min_effect: float) -> str:
+def _removal(name: str, drop: Estimate) -> str:
     """What removing ``name`` did, in words that follow the sign of the drop."""
-    if _costs(drop, min_effect):
+    if _costs(drop):
         return f"removing {name} costs {pct(drop.value)}"
-    if _raises(drop, min_effect):
+    if _raises(drop):
         return f"removing {name} raises loss recovered by {pct(-drop.value)}"
-    return f"removing {name} changes little ({pct(-drop.value)})"
+    return f"removing {name} makes no clear difference ({pct(-drop.value)} change)"
 
 
-def joint_finding(j: JointRemoval, min_effect: float) -> Optional[str]:
+def joint_finding(j: JointRemoval) -> Optional[str]:
     """The finding for one joint removal, or None when there is nothing to say.
 
     The verdict (`_verdict`) calls the pair backups (OR-like) only when removing each claim alone
-    costs loss recovered (a drop of at least ``min_effect`` whose interval excludes zero) and
+    costs loss recovered (a drop whose interval lies above zero) and
     removing both costs more than the sum; AND-like only when each single removal costs and the
     joint one costs less than the sum. A clear interaction otherwise is told as it happened."""
     if j.verdict == "additive":
@@ -134,8 +136,8 @@ def joint_finding(j: JointRemoval, min_effect: float) -> Optional[str]:
     # a clear interaction, but the single removals do not both cost: say what happened, no mechanism
     relation = "above" if j.interaction.value > 0 else "below"
     return (
-        f"{a} and {b} do not add up: {_removal('both', j.drop_ab, min_effect)}; {_removal(a, j.drop_a, min_effect)}; "
-        f"{_removal(b, j.drop_b, min_effect)}. The joint drop in loss recovered ({pct(j.drop_ab.value)}) is "
+        f"{a} and {b} do not add up: {_removal('both', j.drop_ab)}; {_removal(a, j.drop_a)}; "
+        f"{_removal(b, j.drop_b)}. The joint drop in loss recovered ({pct(j.drop_ab.value)}) is "
         f"{pct(abs(j.interaction.value))} {relation} the sum of the single drops ({pct(j.drop_a.value)} + "
         f"{pct(j.drop_b.value)}); not called backup or AND-like, since removing each alone does not clearly "
         f"cost loss recovered."
@@ -194,8 +196,8 @@ def report(
         max_pairs: at most this many default pairs (the report says when it cut).
         min_effect: the smallest interaction (in loss recovered) or rise of a direct effect (in
             metric units) that is flagged; smaller ones count as additive even when significant.
-            A pair is called backups (OR-like) only when removing each claim alone costs at least
-            this much (interval above zero) and removing both costs more than the sum.
+            A pair is called backups (OR-like) only when removing each claim alone costs loss
+            recovered (interval above zero) and removing both costs more than the sum.
         compensation: also run the knock-out / direct-effect check for each pair.
         compensation_metric: the metric of that check (default: ``metric``). Cross-entropy
             saturates, so two heads pushing the same logit look like backups even when neither
@@ -284,7 +286,7 @@ def _report(h: Hypothesis, model, data: Dataset, opts: ReportOptions) -> Report:
         j = JointRemoval(a, b, drop_a, drop_b, combo([full, rab], [1, -1]), interaction,
                          _verdict(interaction, opts.min_effect, drop_a, drop_b))
         joint.append(j)
-        finding = joint_finding(j, opts.min_effect)
+        finding = joint_finding(j)
         if finding:
             findings.append(finding)
 
