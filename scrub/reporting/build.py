@@ -139,8 +139,7 @@ def joint_finding(j: JointRemoval) -> Optional[str]:
         f"{a} and {b} do not add up: {_removal('both', j.drop_ab)}; {_removal(a, j.drop_a)}; "
         f"{_removal(b, j.drop_b)}. The joint drop in loss recovered ({pct(j.drop_ab.value)}) is "
         f"{pct(abs(j.interaction.value))} {relation} the sum of the single drops ({pct(j.drop_a.value)} + "
-        f"{pct(j.drop_b.value)}); not called backup or AND-like, since removing each alone does not clearly "
-        f"cost loss recovered."
+        f"{pct(j.drop_b.value)}). No mechanism is named: that needs each removal alone to cost loss recovered."
     )
 
 
