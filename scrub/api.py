@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from scrub.data import Dataset
-from scrub.errors import DatasetError, ScrubError
+from scrub.errors import DatasetError, OptionsError, ScrubError
 from scrub.hypothesis import Hypothesis
 from scrub.metrics import Metric, loss_recovered
 from scrub.options import RunOptions, check_dataset, check_hypotheses, check_hypothesis, check_model, merge
@@ -216,6 +216,11 @@ def evaluate_many(
     given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
                  ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb, device=device, progress=progress)
     opts = merge("evaluate_many()", options, RunOptions, given, RUN_DEFAULTS)
+    if runner is not None and opts.engine_options():
+        raise OptionsError(
+            f"evaluate_many(): {sorted(opts.engine_options())} cannot apply to a ready engine object; build the "
+            f"engine with them (make_engine) or pass engine='batched'"
+        )
     hyps = check_hypotheses(hypotheses, "evaluate_many()")
     return _checked_run(hyps, model, data, opts, runner, "evaluate_many()")
 
