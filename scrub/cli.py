@@ -15,8 +15,8 @@ A hypothesis file is a Python file that defines ``model()`` (a TransformerLens m
 ``scrub run`` builds a full `scrub.report` for every hypothesis on the file's dataset (with
 generality over ``datasets()`` when the file defines it) and prints each report; ``--quick``
 only evaluates each hypothesis (`scrub.evaluate`) and prints one table. ``--json`` writes
-``{"kind": "scrub.run", "reports": [...]}`` and ``--html`` one self-contained page with every
-report. ``scrub compare`` compares all hypotheses of the file (`scrub.compare`: same rows,
+``{"kind": "scrub.run", "reports": [...]}`` (with ``--quick``: ``{"kind": "scrub.run", "quick":
+true, "results": [...]}``) and ``--html`` one self-contained page with every report. ``scrub compare`` compares all hypotheses of the file (`scrub.compare`: same rows,
 same seeds, paired differences). Progress bars go to stderr (``--no-progress`` turns them off).
 
 Every option is checked (and one `scrub.options.RunOptions` built from them) before the model is

@@ -253,3 +253,17 @@ def test_options_and_keywords_together_are_refused(attn_model, data):
         scrub.evaluate(_single(), attn_model, data, options={"n": 4})
     with pytest.raises(OptionsError, match=r"\['min_effect'\]"):
         scrub.report(_single(), attn_model, data, min_effect=0.1, options=ReportOptions())
+
+
+def test_report_and_compare_take_one_options_value(attn_model, data):
+    h = full_exact(attn_model)
+    run = RunOptions(seeds=1, n=12, n_boot=20, engine="reference")
+    kw = dict(alone=False, paths=False, pairs=None, compensation=False)
+    a = scrub.report(h, attn_model, data, options=ReportOptions(run=run, **kw))
+    b = scrub.report(h, attn_model, data, options=run, **kw)
+    c = scrub.report(h, attn_model, data, seeds=1, n=12, n_boot=20, engine="reference", **kw)
+    values = [[s.result.loss_recovered for s in r.subgraphs] for r in (a, b, c)]
+    assert values[0] == values[1] == values[2] and len(values[0]) == len(h.claims) - 1
+    assert a.full.n_rows == 12 and a.full.seeds == (0,)
+    cmp = scrub.compare([h, _single()], attn_model, data, options=run)
+    assert [r.n_rows for r in cmp.results] == [12, 12]

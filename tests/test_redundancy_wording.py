@@ -5,6 +5,8 @@ and removing both costs more than the sum; otherwise the words say what happened
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scrub.metrics import Estimate
 from scrub.reporting.build import _verdict, joint_finding
@@ -68,3 +70,23 @@ def test_additive_pairs_get_no_finding(a, b, ab):
 def test_small_interactions_are_additive_even_when_significant():
     j = joint(0.05, 0.04, 0.10, half=0.001)  # interaction 0.01 < min_effect 0.02
     assert j.verdict == "additive"
+
+
+finite = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=finite, b=finite, ab=finite, half=st.floats(min_value=0.0, max_value=0.2))
+def test_words_follow_the_signs(a, b, ab, half):
+    j = joint(a, b, ab, half=half)
+    text = joint_finding(j) or ""
+    each_costs = all(d.value > 0 and d.ci[0] > 0 for d in (j.drop_a, j.drop_b))
+    if "back each other up" in text or j.verdict.startswith("OR"):
+        assert each_costs and j.interaction.value > 0 and j.interaction.ci[0] > 0
+    if "AND-like" in text or j.verdict == "AND-like":
+        assert each_costs and j.interaction.value < 0 and j.interaction.ci[1] < 0
+    for name, drop in (("A", j.drop_a), ("B", j.drop_b)):
+        if f"removing {name} raises" in text:
+            assert drop.ci[1] < 0
+        if f"removing {name} costs" in text:
+            assert drop.ci[0] > 0
