@@ -77,6 +77,8 @@ def _count(name: str, minimum: int, none_means: Optional[str] = None) -> Callabl
 def _seeds(value: Any) -> tuple[int, ...]:
     allowed = ("a positive count or a non-empty list of distinct integers in [0, 2**63) "
                "(seeds=2 means the seeds 0 and 1)")
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        value = value.item()
     if _is_int(value):
         if int(value) < 1:
             raise _bad("seeds", value, allowed)

@@ -43,6 +43,7 @@ BAD = [
     ("seeds", [1.5], "integers"),
     ("seeds", True, "positive count"),
     ("seeds", "2", "positive count"),
+    ("seeds", torch.tensor(2.0), "positive count"),
     ("batch_size", -1, "integer >= 1"),
     ("batch_size", 0, "integer >= 1"),
     ("batch_size", False, "integer >= 1"),
@@ -88,6 +89,7 @@ def test_defaults_and_normal_values():
     assert o.device == torch.device("cpu")
     assert RunOptions(seeds=[5, 3]).seeds == (5, 3)
     assert RunOptions(seeds=torch.tensor([1, 2])).seeds == (1, 2)
+    assert RunOptions(seeds=torch.tensor(2)).seeds == (0, 1)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         o.n = 3
 
