@@ -4,7 +4,7 @@ Write a hypothesis as a graph of claims, and `scrub.evaluate` tells you how much
 performance it explains (loss recovered). See README.md for a tutorial and DESIGN.md for the method.
 """
 
-from scrub import metrics
+from scrub import metrics, options
 from scrub.api import evaluate
 from scrub.components import MLP, Embed, Head, Output, PosEmbed
 from scrub.data import EXACT, Dataset, Feature
@@ -14,12 +14,14 @@ from scrub.errors import (
     FeatureError,
     HypothesisError,
     MetricError,
+    OptionsError,
     ReportError,
     ScheduleError,
     ScrubError,
     UnsupportedModelError,
 )
 from scrub.hypothesis import Claim, Hypothesis
+from scrub.options import ReportOptions, RunOptions
 from scrub.plan import Schedule, plan
 from scrub.result import Result
 from scrub.reporting.build import compare, generality, report
@@ -60,6 +62,9 @@ __all__ = [
     "Schedule",
     "Result",
     "metrics",
+    "options",
+    "RunOptions",
+    "ReportOptions",
     "tasks",
     "zoo",
     "ScrubError",
@@ -71,5 +76,6 @@ __all__ = [
     "ScheduleError",
     "MetricError",
     "ReportError",
+    "OptionsError",
     "__version__",
 ]

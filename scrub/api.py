@@ -14,13 +14,30 @@ import torch
 from torch import Tensor
 
 from scrub.data import Dataset
-from scrub.errors import DatasetError, ScrubError
+from scrub.errors import DatasetError, OptionsError, ScrubError
 from scrub.hypothesis import Hypothesis
-from scrub.metrics import Metric, loss_recovered, resolve
+from scrub.metrics import Metric, loss_recovered
+from scrub.options import RunOptions, check_dataset, check_hypotheses, check_hypothesis, check_model, merge
 from scrub.plan import FeatureCache, Schedule, plan
 from scrub.result import Result, RowValues, mean_se
 
-__all__ = ["evaluate", "evaluate_many", "seed_list", "baseline_of", "make_engine", "ENGINES", "run_schedules", "check_data_fits"]
+__all__ = [
+    "evaluate",
+    "evaluate_many",
+    "scrub_many",
+    "prepare",
+    "seed_list",
+    "baseline_of",
+    "make_engine",
+    "ENGINES",
+    "run_schedules",
+    "check_data_fits",
+    "RUN_DEFAULTS",
+]
+
+# the keyword defaults of `evaluate` / `evaluate_many` (RunOptions' own, but one seed)
+RUN_DEFAULTS = dict(seeds=1, metric=None, engine=None, baseline=None, n=None, batch_size=None, ci_level=0.95,
+                    n_boot=1000, progress=False, memory_budget_mb=None, device=None)
 
 ENGINES: dict[str, Callable] = {}
 DEFAULT_ENGINE = "reference"
@@ -61,8 +78,9 @@ def baseline_of(h: Hypothesis) -> Hypothesis:
     return base
 
 
-def check_data_fits(model, data: Dataset) -> None:
-    """Refuse a dataset whose tokens or length do not fit the model."""
+def check_data_fits(model, data: Dataset, metric: Optional[Metric] = None) -> None:
+    """Refuse a dataset whose tokens or length do not fit the model, or whose targets (or extras)
+    ``metric`` cannot read (`Metric.check_data`; without a metric, targets are not checked)."""
     cfg = model.cfg
     if int(data.tokens.max()) >= cfg.d_vocab or int(data.tokens.min()) < 0:
         raise DatasetError(
@@ -73,11 +91,8 @@ def check_data_fits(model, data: Dataset) -> None:
         raise DatasetError(
             f"dataset {data.name!r} has sequences of {data.n_pos} positions; the model's context is {cfg.n_ctx}"
         )
-    scored = data.targets[data.loss_mask]
-    if len(scored) and (int(scored.max()) >= cfg.d_vocab_out or int(scored.min()) < 0):
-        raise DatasetError(
-            f"dataset {data.name!r} has scored targets outside the model's outputs 0..{cfg.d_vocab_out - 1}"
-        )
+    if metric is not None:
+        metric.check_data(data, cfg.d_vocab_out)
 
 
 def at_every_position(logits: Tensor, positions: Optional[Sequence[int]], n_pos: int) -> Tensor:
@@ -127,6 +142,9 @@ def evaluate(
     ci_level: float = 0.95,
     n_boot: int = 1000,
     memory_budget_mb: Optional[float] = None,
+    device=None,
+    progress: bool = False,
+    options: Optional[RunOptions] = None,
 ) -> Result:
     """Scrub ``h`` on ``model`` over ``data`` and report the loss it recovers.
 
@@ -134,34 +152,37 @@ def evaluate(
         h: the hypothesis.
         model: a TransformerLens ``HookedTransformer``.
         data: the dataset (reference rows and the pool that data are drawn from).
-        seeds: number of sampling seeds (``0..k-1``) or an explicit list.
-        metric: ``"cross_entropy"`` (default), ``"accuracy"``, ``"kl"``, ``"logit_diff"``, a
-            `scrub.metrics.Metric`, or a callable ``(logits, batch) -> [n]`` (lower is better).
+        seeds: number of sampling seeds (``0..k-1``) or an explicit list of distinct seeds.
+        metric: ``"cross_entropy"`` (default), ``"cross_entropy_tokens"``, ``"accuracy"``, ``"kl"``,
+            ``"logit_diff"``, ``"target_logit"``, ``"squared_error"``, a `scrub.metrics.Metric`, or a
+            callable ``(logits, batch) -> [n]`` (lower is better).
         engine: ``"batched"`` (default) or ``"reference"``.
         baseline: the hypothesis whose metric counts as 0% (default: the output alone).
-        n: use the first ``n`` rows as reference rows (default: all).
-        batch_size: reference rows per chunk (bounds memory).
-        ci_level, n_boot: the bootstrap confidence interval.
-        memory_budget_mb: the batched engine's working-memory budget (default 4096).
+        n: use the first ``n`` rows as reference rows (default: all; at least 1).
+        batch_size: reference rows per chunk (bounds memory; at least 1).
+        ci_level, n_boot: the bootstrap confidence interval (level in (0, 1), at least 10 draws).
+        memory_budget_mb: the batched engine's working-memory budget (default 4096, at least 16).
+        device: where the batched engine computes (default: the model's device).
+        progress: show a progress bar.
+        options: all of the above as one `scrub.options.RunOptions` (then leave the keywords alone).
 
     Returns:
         A `Result` with loss recovered, its SE and CI, and M_model / M_base / M_scrub.
 
     Raises:
-        ScrubError: any invalid hypothesis, dataset, metric or engine (before any forward pass).
+        ScrubError: any invalid option, hypothesis, dataset, metric or engine (before any forward
+            pass); `scrub.errors.OptionsError` for an option of the wrong type or out of range.
     """
-    return evaluate_many(
-        [h], model, data, seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n,
-        batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb,
-    )[0]
+    given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
+                 ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb, device=device, progress=progress)
+    opts = merge("evaluate()", options, RunOptions, given, RUN_DEFAULTS)
+    check_hypothesis(h, "evaluate()")
+    return _checked_run([h], model, data, opts, None, "evaluate()")[0]
 
 
 def seed_list(seeds: Union[int, Sequence[int]]) -> list[int]:
-    """``k`` -> ``[0..k-1]``; a sequence is taken as it is."""
-    found = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not found:
-        raise ScrubError(f"seeds must be a positive count or a non-empty list, got {seeds!r}")
-    return found
+    """``k`` -> ``[0..k-1]``; a sequence is taken as it is (checked as `RunOptions` checks seeds)."""
+    return list(RunOptions(seeds=seeds).seeds)
 
 
 def evaluate_many(
@@ -179,41 +200,81 @@ def evaluate_many(
     n_boot: int = 1000,
     progress: bool = False,
     memory_budget_mb: Optional[float] = None,
+    device=None,
+    options: Optional[RunOptions] = None,
 ) -> list[Result]:
     """`evaluate` for several hypotheses at once, sharing rows, seeds, the baseline and the engine.
 
     Every hypothesis is scrubbed on the same reference rows with the same seeds (common random
     numbers); with the batched engine all their schedules run in one call per seed, sharing one
-    clean pass, so dozens of variants cost little more than one.
+    clean pass, so dozens of variants cost little more than one. ``engine`` may also be an engine
+    object built for this model and dataset (`make_engine`). Options as in `evaluate`.
     """
-    if not hypotheses:
-        raise ScrubError("evaluate_many(): give at least one hypothesis")
-    metric = resolve(metric)
-    seeds_ = seed_list(seeds)
-    check_data_fits(model, data)
-    base_h = baseline or baseline_of(hypotheses[0])
-    for h in [*hypotheses, base_h]:
+    runner = None
+    if engine is not None and not isinstance(engine, str) and hasattr(engine, "run"):
+        runner, engine = engine, None  # a ready engine: its own settings apply
+    given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
+                 ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb, device=device, progress=progress)
+    opts = merge("evaluate_many()", options, RunOptions, given, RUN_DEFAULTS)
+    if runner is not None and opts.engine_options():
+        raise OptionsError(
+            f"evaluate_many(): {sorted(opts.engine_options())} cannot apply to a ready engine object; build the "
+            f"engine with them (make_engine) or pass engine='batched'"
+        )
+    hyps = check_hypotheses(hypotheses, "evaluate_many()")
+    return _checked_run(hyps, model, data, opts, runner, "evaluate_many()")
+
+
+def _checked_run(hyps: list[Hypothesis], model, data: Dataset, options: RunOptions, runner, where: str) -> list[Result]:
+    prepare(hyps, model, data, options, where)
+    return scrub_many(hyps, model, data, options, runner=runner)
+
+
+def prepare(hypotheses: Sequence[Hypothesis], model, data: Dataset, options: RunOptions, where: str) -> None:
+    """Every check of a scrub that needs no forward pass: the model and dataset are what they
+    claim, the data fit the model and the metric, and every hypothesis (and the baseline) is valid.
+
+    Raises:
+        ScrubError: the first problem found (see the message).
+    """
+    check_model(model, where)
+    check_dataset(data, where)
+    check_data_fits(model, data, options.metric)
+    for h in [*hypotheses, options.baseline or baseline_of(hypotheses[0])]:
         h.validate(model, n_pos=data.n_pos)
-    reference = torch.arange(len(data) if n is None else min(int(n), len(data)), device=data.device)
+
+
+def scrub_many(
+    hypotheses: Sequence[Hypothesis], model, data: Dataset, options: RunOptions, *, runner=None
+) -> list[Result]:
+    """Scrub already checked hypotheses (see `prepare`) with one options value: the common path of
+    `evaluate`, `evaluate_many`, `scrub.report` and `scrub.compare`."""
+    metric, seeds_ = options.metric, list(options.seeds)
+    base_h = options.baseline or baseline_of(hypotheses[0])
+    n_rows = len(data) if options.n is None else min(options.n, len(data))
+    reference = torch.arange(n_rows, device=data.device)
     features = FeatureCache(data)
-    runner = engine if hasattr(engine, "run") else make_engine(engine, model, data, memory_budget_mb=memory_budget_mb)
+    if runner is None:
+        runner = make_engine(options.engine, model, data, **options.engine_options())
     base_rows: list[Tensor] = []
     scrub_rows: list[list[Tensor]] = [[] for _ in hypotheses]
     class_sizes: list[dict] = [{} for _ in hypotheses]
-    for seed in _progress(seeds_, progress, f"scrubbing {len(hypotheses)} hypotheses"):
+    for seed in _progress(seeds_, options.progress, f"scrubbing {len(hypotheses)} hypotheses"):
         schedules = [plan(h, data, seed, reference=reference, features=features) for h in hypotheses]
         schedules.append(plan(base_h, data, seed, reference=reference, features=features))
-        values = run_schedules(runner, schedules, metric, batch_size)
+        values = run_schedules(runner, schedules, metric, options.batch_size)
         base_rows.append(values[-1])
         for i, (schedule, value) in enumerate(zip(schedules, values[:-1])):
             scrub_rows[i].append(value)
             class_sizes[i] = schedule.class_sizes
-    model_rows = _model_values(runner, data, reference, metric, batch_size)
+    model_rows = _model_values(runner, data, reference, metric, options.batch_size)
+    weights = metric.row_weights(data.rows(reference))
     base = torch.stack(base_rows)
     return [
         build_result(
             h.name, base_h.name, metric, data, runner.name, seeds_, reference,
-            model_rows, base, torch.stack(scrub_rows[i]), class_sizes[i], ci_level, n_boot,
+            model_rows, base, torch.stack(scrub_rows[i]), class_sizes[i], options.ci_level, options.n_boot,
+            weights=weights,
         )
         for i, h in enumerate(hypotheses)
     ]
@@ -255,10 +316,14 @@ def build_result(
     ci_level: float = 0.95,
     n_boot: int = 1000,
     memory_budget_mb: Optional[float] = None,
+    weights: Optional[Tensor] = None,
 ) -> Result:
-    """Assemble a `Result` from per-row values (shared by evaluate, compare and reports)."""
-    lr = loss_recovered(model_rows, base_rows, scrub_rows, level=ci_level, n_boot=n_boot)
-    (mm, mm_se), (mb, mb_se), (ms, ms_se) = mean_se(model_rows), mean_se(base_rows), mean_se(scrub_rows)
+    """Assemble a `Result` from per-row values (shared by evaluate, compare and reports).
+
+    ``weights`` (``[n]``) weight the rows in every mean (the metric's ``row_weights``)."""
+    lr = loss_recovered(model_rows, base_rows, scrub_rows, level=ci_level, n_boot=n_boot, weights=weights)
+    (mm, mm_se), (mb, mb_se), (ms, ms_se) = (mean_se(model_rows, weights), mean_se(base_rows, weights),
+                                             mean_se(scrub_rows, weights))
     warnings = []
     for feat, (lo, med, _hi) in class_sizes.items():
         if lo < 2:
@@ -291,5 +356,6 @@ def build_result(
         dataset=data.name,
         class_sizes=dict(class_sizes),
         warnings=tuple(warnings),
-        rows=RowValues(reference=reference.cpu(), model=model_rows, base=base_rows, scrub=scrub_rows),
+        rows=RowValues(reference=reference.cpu(), model=model_rows, base=base_rows, scrub=scrub_rows,
+                       weights=None if weights is None else weights.cpu()),
     )

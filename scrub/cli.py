@@ -6,6 +6,7 @@ Usage::
                       [--metric M] [--no-progress]
     scrub compare FILE.py [--json F] [--html F] [--seeds K] [--n N] [--device D]
                           [--metric M] [--no-progress]
+    scrub --version
 
 A hypothesis file is a Python file that defines ``model()`` (a TransformerLens model),
 ``dataset()`` (a `scrub.Dataset`) or ``datasets()`` (a dict of them, by name), and
@@ -14,41 +15,49 @@ A hypothesis file is a Python file that defines ``model()`` (a TransformerLens m
 ``scrub run`` builds a full `scrub.report` for every hypothesis on the file's dataset (with
 generality over ``datasets()`` when the file defines it) and prints each report; ``--quick``
 only evaluates each hypothesis (`scrub.evaluate`) and prints one table. ``--json`` writes
-``{"kind": "scrub.run", "reports": [...]}`` and ``--html`` one self-contained page with every
-report. ``scrub compare`` compares all hypotheses of the file (`scrub.compare`: same rows,
+``{"kind": "scrub.run", "reports": [...]}`` (with ``--quick``: ``{"kind": "scrub.run", "quick":
+true, "results": [...]}``) and ``--html`` one self-contained page with every report. ``scrub compare`` compares all hypotheses of the file (`scrub.compare`: same rows,
 same seeds, paired differences). Progress bars go to stderr (``--no-progress`` turns them off).
+
+Every option is checked (and one `scrub.options.RunOptions` built from them) before the model is
+loaded; the output paths are checked for writability before the first forward pass. Each output
+file is written on its own: a failure to write one is reported (one line, exit code 2) and does
+not stop the other from being written.
 
 Exit codes:
     0  success
     1  an unexpected error: a bug, or an exception raised by the hypothesis file's own
        functions when called (model(), dataset(), ...); the traceback is printed
     2  a usage error or any ScrubError (missing or broken hypothesis file, invalid hypothesis,
-       bad option): one line ``scrub: error: ...`` on stderr, no traceback
+       bad option, an output file that cannot be written): one line ``scrub: error: ...`` per
+       problem on stderr, no traceback
     130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from scrub.errors import ScrubError
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-METRICS = ("cross_entropy", "accuracy", "kl", "logit_diff", "target_logit")
+METRICS = ("cross_entropy", "cross_entropy_tokens", "accuracy", "kl", "logit_diff", "target_logit", "squared_error")
 
 EPILOG = """exit codes:
   0    success
   1    unexpected error: a bug, or an exception raised by the file's own functions
        (the traceback is printed)
-  2    usage error, or a ScrubError: bad hypothesis file, invalid hypothesis, bad option
-       (one line 'scrub: error: ...' on stderr, no traceback)
+  2    usage error, or a ScrubError: bad hypothesis file, invalid hypothesis, bad option,
+       an output file that cannot be written (one line 'scrub: error: ...' on stderr per
+       problem, no traceback)
   130  interrupted
 
 examples:
@@ -85,8 +94,11 @@ def _positive():
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scrub import __version__
+
     parser = _Parser(prog="scrub", description="Causal scrubbing of the hypotheses in a hypothesis file.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"scrub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{run,compare}", parser_class=_Parser)
     common = _Parser(add_help=False)
     common.add_argument("file", help="hypothesis file (defines model(), dataset()/datasets(), hypotheses())")
@@ -110,20 +122,69 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _out_path(option: str, value: Optional[str]) -> Optional[Path]:
-    """Refuse an output path that cannot be a file before any long computation."""
+    """Refuse an output path that cannot be written before any long computation.
+
+    The path must not be a directory; the nearest folder on its way that exists must be a
+    writable directory (missing folders below it are created when writing, as before); an
+    existing file must be writable."""
     if value is None:
         return None
     path = Path(value)
     if path.is_dir():
         raise UsageError(f"{option} {value!r} is a directory; give a file name")
     parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
+    if parent is None:
+        raise UsageError(f"{option} {value!r}: no folder on its way exists; give a path on an existing drive")
+    if not parent.is_dir():
         raise UsageError(f"{option} {value!r}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {value!r}: the folder {str(parent)!r} is not writable; choose another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {value!r}: the file exists and is not writable; choose another path")
     return path
 
 
+def _write_outputs(writers: Sequence[tuple[str, Optional[Path], Callable[[Path], object]]]) -> int:
+    """Write every requested output file on its own; one line on stderr per failure.
+
+    Returns the exit code: 0 when every file was written, 2 when any failed."""
+    code = EXIT_OK
+    for option, path, write in writers:
+        if path is None:
+            continue
+        try:
+            write(path)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            print(f"scrub: error: cannot write {option} {str(path)!r}: {reason}; the other outputs were still "
+                  f"written", file=sys.stderr)
+            code = EXIT_USAGE
+    return code
+
+
+def _options(args):
+    """The one `RunOptions` of this command, from its arguments (checked before the model loads)."""
+    from scrub.options import RunOptions
+
+    try:
+        return RunOptions(seeds=args.seeds, n=args.n, metric=args.metric, progress=args.progress, device=args.device)
+    except ScrubError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _check_names(spec, hyps) -> None:
+    names = [h.name for h in hyps]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InvalidHypothesis(
+            f"{spec.path}: hypothesis names must be distinct to label the results; {repeated} appear more than "
+            f"once (rename them, e.g. Hypothesis('naive, v2'))"
+        )
+
+
 def _load(args):
-    """The file, its model (moved to ``--device``), its main dataset and its (validated) hypotheses."""
+    """The file, its options, its model (moved to ``--device``), its main dataset and its
+    (validated, distinctly named) hypotheses."""
     from scrub.hypfile import load_hypothesis_file
 
     spec = load_hypothesis_file(args.file)
@@ -131,6 +192,7 @@ def _load(args):
         args.metric = getattr(spec.module, "METRIC", None) or "cross_entropy"
         if args.metric not in METRICS:
             raise InvalidHypothesis(f"{spec.path}: METRIC = {args.metric!r} is not one of {', '.join(METRICS)}")
+    options = _options(args)
     model = spec.model()
     if args.device is not None:
         try:
@@ -143,12 +205,13 @@ def _load(args):
             raise UsageError(f"--device {str(args.device)!r}: cannot move the model there: {exc}") from None
     data = spec.dataset()
     hyps = spec.hypotheses()
+    _check_names(spec, hyps)
     for h in hyps:  # every hypothesis checked before the first forward pass
         try:
             h.validate(model, n_pos=data.n_pos)
         except ScrubError as exc:
             raise InvalidHypothesis(f"{spec.path}: hypothesis {h.name!r}: {exc}") from exc
-    return spec, model, data, hyps
+    return spec, options, model, data, hyps
 
 
 def _device(value: Optional[str]):
@@ -177,7 +240,7 @@ def _model_name(model) -> str:
     return getattr(getattr(model, "cfg", None), "model_name", type(model).__name__)
 
 
-def _run_quick(args, model, data, hyps) -> None:
+def _run_quick(args, options, model, data, hyps) -> int:
     from scrub.api import evaluate_many
     from scrub.reporting.build import _meta
     from scrub.reporting.files import write_json, write_text
@@ -185,7 +248,7 @@ def _run_quick(args, model, data, hyps) -> None:
     from scrub.reporting.terminal import format_table, num, pct
 
     # the same numbers as `scrub.evaluate` per hypothesis (same rows, seeds and baseline), sharing one engine
-    results = evaluate_many(hyps, model, data, seeds=args.seeds, n=args.n, metric=args.metric, progress=args.progress)
+    results = evaluate_many(hyps, model, data, options=options)
     first = results[0]
     rows = [[r.hypothesis, pct(r.loss_recovered), pct(r.stderr, 2), f"[{pct(r.ci[0])}, {pct(r.ci[1])}]", num(r.m_scrub)]
             for r in results]
@@ -197,58 +260,50 @@ def _run_quick(args, model, data, hyps) -> None:
     for r in results:
         for w in r.warnings:
             print(f"  warning ({r.hypothesis}): {w}")
-    meta = _meta(model, data, first.seeds, _metric(args.metric), first, ci_level=first.ci_level, quick=True)
+    meta = _meta(model, data, first.seeds, options.metric, first, ci_level=first.ci_level, quick=True)
     data_out = {"kind": "scrub.run", "quick": True, "file": str(args.file), "results": [r.to_dict() for r in results],
                 "meta": meta}
-    if args.json:
-        write_json(args.json, data_out)
-    if args.html:
-        side = {"kind": "scrub.comparison", "results": data_out["results"], "differences": [], "meta": meta,
-                "title": "Hypotheses side by side (same rows and seeds)"}
-        write_text(args.html, render_run([], side, title=f"scrub run --quick: {Path(args.file).name}"))
+    side = {"kind": "scrub.comparison", "results": data_out["results"], "differences": [], "meta": meta,
+            "title": "Hypotheses side by side (same rows and seeds)"}
+    return _write_outputs([
+        ("--json", args.json, lambda path: write_json(path, data_out)),
+        ("--html", args.html, lambda path: write_text(path, render_run([], side, title=f"scrub run --quick: {Path(args.file).name}"))),
+    ])
 
 
-def _metric(name: str):
-    from scrub.metrics import resolve
-
-    return resolve(name)
-
-
-def _run(args) -> None:
+def _run(args) -> int:
     import scrub
+    from scrub.options import ReportOptions
     from scrub.reporting.files import write_json, write_text
     from scrub.reporting.html import render_run
 
-    spec, model, data, hyps = _load(args)
+    spec, options, model, data, hyps = _load(args)
     _announce(spec, model, data, hyps)
     if args.quick:
-        return _run_quick(args, model, data, hyps)
+        return _run_quick(args, options, model, data, hyps)
     others = spec.datasets() if callable(getattr(spec.module, "datasets", None)) else None
+    report_options = ReportOptions(run=options, datasets=others)
     reports = []
     for i, h in enumerate(hyps):
         start = time.perf_counter()
-        rep = scrub.report(h, model, data, seeds=args.seeds, n=args.n, metric=args.metric, datasets=others,
-                           progress=args.progress)
+        rep = scrub.report(h, model, data, options=report_options)
         reports.append(rep.to_dict())
         print(f"\n[{i + 1}/{len(hyps)}] ({time.perf_counter() - start:.1f} s)")
         print(rep, flush=True)
-    if args.json:
-        write_json(args.json, {"kind": "scrub.run", "file": str(args.file), "reports": reports})
-    if args.html:
-        write_text(args.html, render_run(reports, None, title=f"scrub run: {Path(args.file).name}"))
+    return _write_outputs([
+        ("--json", args.json, lambda path: write_json(path, {"kind": "scrub.run", "file": str(args.file), "reports": reports})),
+        ("--html", args.html, lambda path: write_text(path, render_run(reports, None, title=f"scrub run: {Path(args.file).name}"))),
+    ])
 
 
-def _compare(args) -> None:
+def _compare(args) -> int:
     import scrub
 
-    spec, model, data, hyps = _load(args)
+    spec, options, model, data, hyps = _load(args)
     _announce(spec, model, data, hyps)
-    cmp = scrub.compare(hyps, model, data, seeds=args.seeds, n=args.n, metric=args.metric, progress=args.progress)
+    cmp = scrub.compare(hyps, model, data, options=options)
     print(cmp)
-    if args.json:
-        cmp.to_json(args.json)
-    if args.html:
-        cmp.to_html(args.html)
+    return _write_outputs([("--json", args.json, cmp.to_json), ("--html", args.html, cmp.to_html)])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -263,8 +318,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError("give a command: run or compare (see 'scrub --help')")
         args.json = _out_path("--json", args.json)
         args.html = _out_path("--html", args.html)
+        if args.json is not None and args.html is not None and args.json.absolute() == args.html.absolute():
+            raise UsageError(f"--json and --html name the same file {str(args.json)!r}; give two paths")
         args.device = _device(args.device)
-        (_run if args.command == "run" else _compare)(args)
+        code = (_run if args.command == "run" else _compare)(args)
     except ScrubError as exc:
         print(f"scrub: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
@@ -275,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         traceback.print_exc()
         return EXIT_ERROR
     sys.stdout.flush()
-    return EXIT_OK
+    return code
 
 
 if __name__ == "__main__":

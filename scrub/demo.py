@@ -15,6 +15,7 @@ from pathlib import Path
 from scrub.api import evaluate_many
 from scrub.errors import ScrubError
 from scrub.hypfile import load_hypothesis_file
+from scrub.options import RunOptions
 from scrub.reporting.terminal import format_table, num, pct
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "hypotheses" / "induction.py"
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=2, help="sampling seeds (default 2)")
     args = parser.parse_args(argv)
     try:
+        options = RunOptions(seeds=args.seeds, n=args.n)  # checked before anything is loaded
         spec = load_hypothesis_file(args.file)
         model, data = spec.model(), spec.dataset()
         print(f"model: {getattr(model.cfg, 'model_name', type(model).__name__)}; dataset: {data!r}")
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         hypotheses = list(spec.hypotheses())
         # one call: the hypotheses share the reference rows, seeds, baseline and clean pass
-        results = evaluate_many(hypotheses, model, data, seeds=args.seeds, n=args.n)
+        results = evaluate_many(hypotheses, model, data, options=options)
         for h, r in zip(hypotheses, results):
             lo, hi = r.ci
             rows.append([h.name, pct(r.loss_recovered), pct(r.stderr, 2), f"[{pct(lo)}, {pct(hi)}]", num(r.m_scrub)])

@@ -47,6 +47,10 @@ class ReportError(ScrubError, ValueError):
     """A report request is malformed (unknown subgraph claim, pair, dataset name, ...)."""
 
 
+class OptionsError(ScrubError, ValueError):
+    """An argument of a public entry point has the wrong type or is out of range (see `scrub.options`)."""
+
+
 __all__ = [
     "ScrubError",
     "HypothesisError",
@@ -58,4 +62,5 @@ __all__ = [
     "ScheduleError",
     "MetricError",
     "ReportError",
+    "OptionsError",
 ]

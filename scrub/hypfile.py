@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import attrs
 
@@ -18,7 +19,39 @@ __all__ = ["HypothesisFile", "load_hypothesis_file"]
 
 
 class HypothesisFileError(ScrubError):
-    """A hypothesis file is missing, fails to import, or lacks what `scrub run` needs."""
+    """A hypothesis file is missing, fails to import, or lacks what `scrub run` needs.
+
+    When importing the file raised, ``file_traceback`` holds the traceback from the file's own
+    frames on (its lines and line numbers; the exception is also chained as ``__cause__``)."""
+
+    def __init__(self, message: str, file_traceback: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.file_traceback = file_traceback
+
+
+def _import_error(path: Path, exc: BaseException) -> HypothesisFileError:
+    """The error for an exception raised while importing ``path``: where in the file, and the
+    traceback of the file's own frames (the import machinery's frames are left out)."""
+    target = str(path.resolve())
+    frames = traceback.extract_tb(exc.__traceback__)
+    first = next((i for i, f in enumerate(frames) if str(Path(f.filename).resolve()) == target), None)
+    kept = frames[first:] if first is not None else frames
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.lineno is not None:
+        text = (exc.text or "").strip()
+        where = f" at line {exc.lineno}" + (f" ({text!r})" if text else "")
+    else:
+        own = [f for f in kept if str(Path(f.filename).resolve()) == target]
+        if own:
+            last = own[-1]
+            where = f" at line {last.lineno}" + (f" ({last.line.strip()!r})" if last.line else "")
+            if kept[-1] is not last:
+                where += f", in {Path(kept[-1].filename).name} line {kept[-1].lineno}"
+    text = "".join(traceback.format_list(kept)) + "".join(traceback.format_exception_only(type(exc), exc))
+    return HypothesisFileError(
+        f"{path}{where}: importing the file raised {type(exc).__name__}: {exc}",
+        file_traceback="Traceback (most recent call last):\n" + text,
+    )
 
 
 @attrs.frozen(eq=False)
@@ -64,8 +97,8 @@ def load_hypothesis_file(path: str | Path) -> HypothesisFile:
         spec.loader.exec_module(module)
     except ScrubError:
         raise
-    except Exception as exc:  # the user's code: report it as a file error, not a traceback
-        raise HypothesisFileError(f"{path}: importing the file raised {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # the user's code: a file error that keeps where it happened
+        raise _import_error(path, exc) from exc
     if not callable(getattr(module, "model", None)):
         raise HypothesisFileError(f"{path}: define a function model() returning the model to scrub")
     if not (callable(getattr(module, "dataset", None)) or callable(getattr(module, "datasets", None))):

@@ -1,8 +1,15 @@
 """Metrics scored per reference row, loss recovered, standard errors and bootstrap intervals.
 
 A `Metric` maps the scrubbed logits of a batch of reference rows to one number per row. Built-in:
-`cross_entropy` (per-token, masked), `logit_diff`, `accuracy`, `kl_to_model`; any callable
-``(logits, batch) -> [n]`` works too (see `resolve`).
+`cross_entropy` (per-token, masked), `cross_entropy_tokens`, `logit_diff`, `accuracy`,
+`kl_to_model`, `target_logit`, `squared_error`; any callable ``(logits, batch) -> [n]`` works too
+(see `resolve`).
+
+Each metric declares the kind of targets it reads (``"class"``: integer class ids below the
+model's output size; ``"real"``: real numbers; ``"none"``: no targets; ``"any"``: unknown, not
+checked), checked against the dataset before any forward pass (`Metric.check_data`), and how rows
+are weighted when averaged (``"rows"``: every row counts the same; ``"tokens"``: every scored
+token counts the same, so a row weighs as much as it has scored positions).
 
 Loss recovered is ``(M_base - M_scrub) / (M_base - M_model)``. The same expression serves
 higher-is-better metrics (numerator and denominator both change sign), so no mirroring code is
@@ -21,7 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from scrub.data import Dataset
-from scrub.errors import MetricError
+from scrub.errors import DatasetError, MetricError
 
 __all__ = [
     "Metric",
@@ -30,6 +37,8 @@ __all__ = [
     "accuracy",
     "kl_to_model",
     "target_logit",
+    "cross_entropy_tokens",
+    "squared_error",
     "resolve",
     "Estimate",
     "LossRecovered",
@@ -40,6 +49,7 @@ __all__ = [
 ]
 
 MetricFn = Callable[[Tensor, Dataset, Optional[Tensor]], Tensor]
+TARGET_KINDS = ("class", "real", "none", "any")
 
 
 @attrs.frozen
@@ -56,6 +66,15 @@ class Metric:
             metric). With ``"scored"`` the engines compute the logits only at positions some
             row of the batch scores and pass NaN elsewhere, which saves most of the work when
             few positions are scored. Declare it for your own metric only if it is true.
+        targets: the kind of ``batch.targets`` ``fn`` reads at the scored positions: ``"class"``
+            (integer class ids in ``0..d_vocab_out-1``), ``"real"`` (real numbers), ``"none"``
+            (targets are not read) or ``"any"`` (not declared: not checked; the default).
+        weighting: ``"rows"`` (the default: the mean over rows of the per-row values) or
+            ``"tokens"`` (each row weighted by its number of scored positions: with per-row
+            means of per-token values, that is the pooled mean over every scored token).
+        output_index: for ``targets="real"``, the output channel ``fn`` reads (checked
+            against the model's output size before any forward pass).
+        extras: the dataset extras ``fn`` needs (checked before any forward pass).
     """
 
     name: str
@@ -63,6 +82,64 @@ class Metric:
     lower_is_better: bool = True
     needs_clean: bool = False
     reads: str = attrs.field(default="all", validator=attrs.validators.in_(("all", "scored")))
+    targets: str = attrs.field(default="any", validator=attrs.validators.in_(TARGET_KINDS))
+    weighting: str = attrs.field(default="rows", validator=attrs.validators.in_(("rows", "tokens")))
+    output_index: Optional[int] = None
+    extras: tuple[str, ...] = ()
+
+    def row_weights(self, batch: Dataset) -> Optional[Float[Tensor, "n"]]:
+        """Each row's weight in the averages (``None``: equal weights)."""
+        if self.weighting == "rows":
+            return None
+        return batch.loss_mask.sum(dim=1).to(torch.float64).cpu()  # [n] scored positions per row
+
+    def check_data(self, data: Dataset, d_vocab_out: int) -> None:
+        """Refuse a dataset whose targets (or extras) this metric cannot read, before any forward pass.
+
+        Raises:
+            DatasetError: the targets' dtype or range does not fit the metric's target kind.
+            MetricError: an extra the metric reads is missing, or its output channel does not exist.
+        """
+        for key in self.extras:
+            if key not in data.extras:
+                raise MetricError(
+                    f"metric {self.name} needs dataset extras[{key!r}]; dataset {data.name!r} has "
+                    f"{sorted(data.extras)} (add it, or choose another metric)"
+                )
+        if self.targets in ("any", "none"):
+            return
+        targets = data.targets
+        scored = targets[data.loss_mask]
+        if self.targets == "class":
+            if targets.dtype == torch.bool or targets.dtype.is_floating_point or targets.dtype.is_complex:
+                raise DatasetError(
+                    f"metric {self.name!r} reads class-index targets (integers in 0..{d_vocab_out - 1}); dataset "
+                    f"{data.name!r} has {targets.dtype} targets. For real-valued targets use "
+                    f"metric='squared_error'; for class ids, convert them with targets.long()"
+                )
+            if len(scored) and (int(scored.max()) >= d_vocab_out or int(scored.min()) < 0):
+                raise DatasetError(
+                    f"dataset {data.name!r} has scored targets outside the model's outputs 0..{d_vocab_out - 1} "
+                    f"(found [{int(scored.min())}, {int(scored.max())}]); metric {self.name!r} reads class-index "
+                    f"targets; fix the targets or mask the positions that are not scored"
+                )
+            return
+        # real-valued targets
+        if targets.dtype == torch.bool or targets.dtype.is_complex:
+            raise DatasetError(
+                f"metric {self.name!r} reads real-valued targets; dataset {data.name!r} has {targets.dtype} "
+                f"targets; give a float (or integer) tensor"
+            )
+        if len(scored) and not bool(torch.isfinite(scored.double()).all()):
+            raise DatasetError(
+                f"metric {self.name!r} reads real-valued targets; dataset {data.name!r} has NaN or infinite "
+                f"targets at scored positions; fix them or mask those positions"
+            )
+        if self.output_index is not None and not 0 <= self.output_index < d_vocab_out:
+            raise MetricError(
+                f"metric {self.name!r} reads output channel {self.output_index}, but the model has "
+                f"{d_vocab_out} outputs (0..{d_vocab_out - 1}); choose an index below {d_vocab_out}"
+            )
 
     def positions(self, batch: Dataset) -> Optional[list[int]]:
         """The positions whose logits this metric reads on ``batch`` (``None``: every position)."""
@@ -117,18 +194,53 @@ def _kl(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
 
 
 def cross_entropy() -> Metric:
-    """Mean cross-entropy of the targets over each row's scored positions (lower is better)."""
-    return Metric("cross_entropy", _cross_entropy, lower_is_better=True, reads="scored")
+    """Mean cross-entropy of the targets over each row's scored positions, then the mean over rows
+    (every row counts the same, however many positions it scores; lower is better)."""
+    return Metric("cross_entropy", _cross_entropy, lower_is_better=True, reads="scored", targets="class")
+
+
+def cross_entropy_tokens() -> Metric:
+    """Cross-entropy pooled over every scored token of every row (lower is better).
+
+    The per-row values are those of `cross_entropy` (each row's mean over its scored positions);
+    averages weight each row by its number of scored positions, so the mean is
+    ``sum_i s_i / sum_i c_i`` (``s_i``: row ``i``'s summed loss, ``c_i``: its scored positions).
+    Standard errors are those of a ratio estimator over rows (see `scrub.result.mean_se`).
+    """
+    return Metric("cross_entropy_tokens", _cross_entropy, lower_is_better=True, reads="scored", targets="class",
+                  weighting="tokens")
 
 
 def accuracy() -> Metric:
     """Fraction of scored positions where the top logit is the target (higher is better)."""
-    return Metric("accuracy", _accuracy, lower_is_better=False, reads="scored")
+    return Metric("accuracy", _accuracy, lower_is_better=False, reads="scored", targets="class")
 
 
 def kl_to_model() -> Metric:
-    """KL(model || scrubbed) of the output distributions at the scored positions (lower is better)."""
-    return Metric("kl_to_model", _kl, lower_is_better=True, needs_clean=True, reads="scored")
+    """KL(model || scrubbed) of the output distributions at the scored positions (lower is better).
+
+    Reads no targets (only the loss mask)."""
+    return Metric("kl_to_model", _kl, lower_is_better=True, needs_clean=True, reads="scored", targets="none")
+
+
+def squared_error(index: int = 0) -> Metric:
+    """Squared error of a real-valued read-out (lower is better): for a regression head.
+
+    At every scored position, the read-out is the model's output ``logits[..., index]`` (the
+    unembedding's channel ``index``, default 0, taken raw: no softmax) and the value is
+    ``(logits[row, pos, index] - targets[row, pos]) ** 2``; a row's value is the mean over its
+    scored positions. Targets must be real numbers (float, or integers read as numbers).
+    """
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise MetricError(f"squared_error(index={index!r}): index must be an output channel, an integer >= 0")
+
+    def squared(logits: Tensor, batch: Dataset, clean: Optional[Tensor]) -> Tensor:
+        mask = batch.loss_mask.to(logits.device)
+        target = torch.where(mask, batch.targets.to(logits.device).double(), 0.0)  # [n, pos]
+        error = (logits[..., index].double() - target) ** 2  # [n, pos]
+        return _masked_mean(error, mask)
+
+    return Metric("squared_error", squared, lower_is_better=True, reads="scored", targets="real", output_index=index)
 
 
 def logit_diff(wrong: str = "wrong_target") -> Metric:
@@ -151,7 +263,7 @@ def logit_diff(wrong: str = "wrong_target") -> Metric:
         wrong_logit = logits.gather(-1, other.clamp(min=0)[..., None])[..., 0]
         return _masked_mean((right - wrong_logit).float(), batch.loss_mask.to(logits.device))
 
-    return Metric("logit_diff", diff, lower_is_better=False, reads="scored")
+    return Metric("logit_diff", diff, lower_is_better=False, reads="scored", targets="class", extras=(wrong,))
 
 
 def target_logit() -> Metric:
@@ -166,12 +278,14 @@ def target_logit() -> Metric:
         right = logits.gather(-1, targets[..., None])[..., 0]  # [n, pos]
         return _masked_mean(-right.float(), batch.loss_mask.to(logits.device))
 
-    return Metric("target_logit", minus_logit, lower_is_better=True, reads="scored")
+    return Metric("target_logit", minus_logit, lower_is_better=True, reads="scored", targets="class")
 
 
 METRICS: dict[str, Callable[[], Metric]] = {
     "target_logit": target_logit,
     "cross_entropy": cross_entropy,
+    "cross_entropy_tokens": cross_entropy_tokens,
+    "squared_error": squared_error,
     "ce": cross_entropy,
     "loss": cross_entropy,
     "accuracy": accuracy,
@@ -251,6 +365,16 @@ def _bootstrap(n: int, n_boot: int, seed: int, statistic: Callable[[Tensor], Ten
     return torch.cat(draws)
 
 
+def _row_scale(weights: Optional[Tensor], n: int) -> Optional[Tensor]:
+    """Per-row factors ``w_i / mean(w)`` (``None``: equal weights), checked."""
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights).double().cpu().flatten()
+    if w.shape != (n,) or not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):
+        raise MetricError(f"row weights must be {n} finite positive numbers, got shape {tuple(w.shape)}")
+    return w / w.mean()
+
+
 def lr_combination(
     model: Float[Tensor, "n"],
     base: Float[Tensor, "seeds n"],
@@ -260,6 +384,7 @@ def lr_combination(
     level: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
+    weights: Optional[Float[Tensor, "n"]] = None,
 ) -> Estimate:
     """``sum_i coefs[i] * LR_i`` where ``LR_i = (M_base - M_scrub_i) / (M_base - M_model)``.
 
@@ -267,12 +392,19 @@ def lr_combination(
     of loss recovered (``coefs=[1, -1]``) and interactions (``[1, 1, -1, -1]``) are paired.
     Each row's values are averaged over seeds first; the standard error is the delta-method
     error over rows and the interval is the percentile bootstrap over rows.
+
+    With ``weights`` (``[n]``, e.g. scored tokens per row) every mean is the weighted mean
+    ``sum_i w_i v_i / sum_i w_i``; the estimate stays a ratio of per-row sums, so the same
+    linearisation and the same row bootstrap (recomputing the ratio) apply.
     """
     if len(scrubs) != len(coefs) or not scrubs:
         raise MetricError("lr_combination(): give one coefficient per scrubbed value set")
     b, m = base.double().mean(0), model.double()  # [n]
+    scale = _row_scale(weights, b.shape[0])
     c = torch.tensor([float(x) for x in coefs], dtype=torch.float64)
     s = torch.stack([x.double().mean(0) for x in scrubs])  # [k, n]
+    if scale is not None:  # weighted means: scale each row's values; the ratio of means does the rest
+        b, m, s = b * scale, m * scale, s * scale[None]
     total = float(c.sum())
     combo = total * b - (c[:, None] * s).sum(0)  # [n] the numerator per row
 
@@ -288,13 +420,31 @@ def lr_combination(
     return Estimate(value=value, stderr=stderr, ci=ci)
 
 
-def mean_difference(after: Tensor, before: Tensor, *, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> Estimate:
-    """Mean of the per-row difference ``after - before`` (seed-averaged), SE and bootstrap CI."""
+def mean_difference(
+    after: Tensor,
+    before: Tensor,
+    *,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    weights: Optional[Tensor] = None,
+) -> Estimate:
+    """Mean of the per-row difference ``after - before`` (seed-averaged), SE and bootstrap CI.
+
+    With ``weights`` the mean is ``sum_i w_i d_i / sum_i w_i`` with the ratio estimator's SE."""
     diff = after.double().reshape(-1, after.shape[-1]).mean(0) - before.double().reshape(-1, before.shape[-1]).mean(0)
     n = diff.shape[0]
-    stderr = float(diff.std() / math.sqrt(n)) if n > 1 else float("nan")
-    ci = _percentile_ci(_bootstrap(n, n_boot, seed, lambda idx: diff[idx].mean(-1)), level)
-    return Estimate(value=float(diff.mean()), stderr=stderr, ci=ci)
+    if weights is None:
+        value = float(diff.mean())
+        stderr = float(diff.std() / math.sqrt(n)) if n > 1 else float("nan")
+        ci = _percentile_ci(_bootstrap(n, n_boot, seed, lambda idx: diff[idx].mean(-1)), level)
+        return Estimate(value=value, stderr=stderr, ci=ci)
+    w = _row_scale(weights, n)  # [n], mean 1
+    value = float((w * diff).sum() / w.sum())
+    influence = w * (diff - value)  # [n] the ratio estimator's linearisation (mean(w) is 1)
+    stderr = float(influence.std() / math.sqrt(n)) if n > 1 else float("nan")
+    ci = _percentile_ci(_bootstrap(n, n_boot, seed, lambda idx: (w[idx] * diff[idx]).sum(-1) / w[idx].sum(-1)), level)
+    return Estimate(value=value, stderr=stderr, ci=ci)
 
 
 def loss_recovered(
@@ -305,6 +455,7 @@ def loss_recovered(
     level: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
+    weights: Optional[Float[Tensor, "n"]] = None,
 ) -> LossRecovered:
     """Loss recovered, its standard error and a bootstrap confidence interval.
 
@@ -312,11 +463,17 @@ def loss_recovered(
     independent across rows, so the spread over rows carries both sources of noise). The standard
     error is the delta-method error of the ratio of means; the interval is the percentile
     bootstrap over rows (paired: model, baseline and scrub share the resampled rows).
-    ``stderr_seeds`` is the spread of the per-seed values (NaN with one seed).
+    ``stderr_seeds`` is the spread of the per-seed values (NaN with one seed). ``weights``
+    (``[n]``) makes every mean a weighted one (see `lr_combination`).
     """
-    estimate = lr_combination(model, base, [scrub], [1.0], level=level, n_boot=n_boot, seed=seed)
-    m = model.double().mean()
-    per_seed = tuple(float(_ratio(base[j].double().mean(), scrub[j].double().mean(), m)) for j in range(base.shape[0]))
+    estimate = lr_combination(model, base, [scrub], [1.0], level=level, n_boot=n_boot, seed=seed, weights=weights)
+    scale = _row_scale(weights, model.shape[-1])
+
+    def mean(v: Tensor) -> Tensor:
+        return v.double().mean() if scale is None else (scale * v.double()).sum() / scale.sum()
+
+    m = mean(model)
+    per_seed = tuple(float(_ratio(mean(base[j]), mean(scrub[j]), m)) for j in range(base.shape[0]))
     stderr_seeds = float(torch.tensor(per_seed).std() / math.sqrt(len(per_seed))) if len(per_seed) > 1 else float("nan")
     return LossRecovered(
         value=estimate.value, stderr=estimate.stderr, ci=estimate.ci, per_seed=per_seed, stderr_seeds=stderr_seeds

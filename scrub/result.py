@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import attrs
 from torch import Tensor
@@ -19,6 +19,7 @@ class RowValues:
     model: Tensor  # [n] unscrubbed model
     base: Tensor  # [seeds, n] baseline hypothesis
     scrub: Tensor  # [seeds, n] the hypothesis
+    weights: Optional[Tensor] = None  # [n] each row's weight in the means (None: equal; see Metric.weighting)
 
 
 def _fmt(x: float, pct: bool = False) -> str:
@@ -92,11 +93,22 @@ class Result:
         return out
 
 
-def mean_se(values: Tensor) -> tuple[float, float]:
-    """Mean and standard error over rows of seed-averaged values (``[n]`` or ``[seeds, n]``)."""
+def mean_se(values: Tensor, weights: Optional[Tensor] = None) -> tuple[float, float]:
+    """Mean and standard error over rows of seed-averaged values (``[n]`` or ``[seeds, n]``).
+
+    With ``weights`` ``c_i`` (``[n]``, e.g. scored tokens per row, and ``v_i`` a row's mean, so
+    ``s_i = c_i v_i`` is its sum) the mean is the ratio ``R = sum_i s_i / sum_i c_i`` and its SE
+    is the ratio estimator's: the SE over rows of ``(s_i - R c_i) / mean(c)``.
+    """
     v = values.double()
     if v.ndim == 2:
         v = v.mean(0)
-    se = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
-    return float(v.mean()), se
-
+    if weights is None:
+        se = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
+        return float(v.mean()), se
+    c = weights.double().to(v.device).flatten()  # [n]
+    s = c * v  # [n] per-row sums
+    ratio = s.sum() / c.sum()
+    linear = (s - ratio * c) / c.mean()  # [n]
+    se = float(linear.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan")
+    return float(ratio), se

@@ -12,13 +12,16 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from scrub.api import check_data_fits, evaluate_many, make_engine, seed_list
+import attrs
+
+from scrub.api import check_data_fits, evaluate_many, prepare, scrub_many
 from scrub.components import Output, stage
 from scrub.data import Dataset
 from scrub.errors import ReportError
 from scrub.hypothesis import Hypothesis
-from scrub.metrics import Estimate, Metric, lr_combination, mean_difference, resolve
+from scrub.metrics import Estimate, Metric, lr_combination, mean_difference
 from scrub.model import ModelView
+from scrub.options import ReportOptions, RunOptions, check_dataset, check_hypothesis, check_model, merge
 from scrub.reporting import variants as V
 from scrub.reporting.ablation import ablated_logits
 from scrub.reporting.files import environment, model_fingerprint
@@ -33,7 +36,7 @@ from scrub.reporting.results import (
 from scrub.reporting.terminal import pct
 from scrub.result import Result
 
-__all__ = ["report", "compare", "generality"]
+__all__ = ["report", "compare", "generality", "joint_finding"]
 
 
 def _meta(model, data: Dataset, seeds: Sequence[int], metric: Metric, first: Result, **extra) -> dict:
@@ -71,11 +74,83 @@ def _graph(h: Hypothesis, contributions: Mapping[str, Estimate], n_layers: int) 
     return {"nodes": nodes, "edges": edges}
 
 
-def _verdict(interaction: Estimate, min_effect: float) -> str:
-    """OR-like / AND-like only when the interval excludes zero and the effect is not negligible."""
+def _verdict(interaction: Estimate, min_effect: float, drop_a: Optional[Estimate] = None,
+             drop_b: Optional[Estimate] = None) -> str:
+    """The joint-removal verdict, in words that follow the signs.
+
+    ``"additive"`` unless the interaction's interval excludes zero and it is not negligible. A clear
+    super-additive interaction is ``"OR-like (backup)"`` only when removing each claim alone clearly
+    costs loss recovered (given ``drop_a`` and ``drop_b``), else ``"super-additive"``; likewise
+    ``"AND-like"`` or ``"sub-additive"``.
+    """
     if not interaction.excludes_zero() or abs(interaction.value) < min_effect:
         return "additive"
-    return "OR-like (backup)" if interaction.value > 0 else "AND-like"
+    each_costs = drop_a is None or drop_b is None or (_costs(drop_a) and _costs(drop_b))
+    if interaction.value > 0:
+        return "OR-like (backup)" if each_costs else "super-additive"
+    return "AND-like" if each_costs else "sub-additive"
+
+
+def _costs(drop: Estimate) -> bool:
+    """Whether removing claims costs loss recovered beyond noise (the drop's interval is above zero).
+
+    A backup's single removal may cost little (its partner covers for it), so no minimum size."""
+    return drop.value > 0 and drop.ci[0] > 0
+
+
+def _raises(drop: Estimate) -> bool:
+    """Whether removing claims raises loss recovered beyond noise (the drop's interval is below zero)."""
+    return drop.value < 0 and drop.ci[1] < 0
+
+
+def _removal(name: str, drop: Estimate) -> str:
+    """What removing ``name`` did, in words that follow the sign of the drop."""
+    if _costs(drop):
+        return f"removing {name} costs {pct(drop.value)}"
+    if _raises(drop):
+        return f"removing {name} raises loss recovered by {pct(-drop.value)}"
+    return f"removing {name} makes no clear difference ({pct(-drop.value)} change)"
+
+
+def joint_finding(j: JointRemoval) -> Optional[str]:
+    """The finding for one joint removal, or None when there is nothing to say.
+
+    The verdict (`_verdict`) calls the pair backups (OR-like) only when removing each claim alone
+    costs loss recovered (a drop whose interval lies above zero) and
+    removing both costs more than the sum; AND-like only when each single removal costs and the
+    joint one costs less than the sum. A clear interaction otherwise is told as it happened."""
+    if j.verdict == "additive":
+        return None
+    a, b = j.a, j.b
+    if j.verdict.startswith("OR"):
+        return (
+            f"{a} and {b} back each other up (OR-like): removing both costs {pct(j.drop_ab.value)} of loss "
+            f"recovered, more than the sum of removing each ({pct(j.drop_a.value)} + {pct(j.drop_b.value)}); "
+            f"a single-claim ablation underestimates how much each matters."
+        )
+    if j.verdict == "AND-like":
+        return (
+            f"{a} and {b} are AND-like: removing both costs less ({pct(j.drop_ab.value)}) than the sum of "
+            f"removing each ({pct(j.drop_a.value)} + {pct(j.drop_b.value)}); each needs the other."
+        )
+    # a clear interaction, but the single removals do not both cost: say what happened, no mechanism
+    relation = "above" if j.interaction.value > 0 else "below"
+    return (
+        f"{a} and {b} do not add up: {_removal('both', j.drop_ab)}; {_removal(a, j.drop_a)}; "
+        f"{_removal(b, j.drop_b)}. The joint drop in loss recovered ({pct(j.drop_ab.value)}) is "
+        f"{pct(abs(j.interaction.value))} {relation} the sum of the single drops ({pct(j.drop_a.value)} + "
+        f"{pct(j.drop_b.value)}). No mechanism is named: that needs each removal alone to cost loss recovered."
+    )
+
+
+REPORT_DEFAULTS = dict(
+    seeds=2, metric=None, engine=None, baseline=None, n=None, batch_size=None, ci_level=0.95, n_boot=1000,
+    progress=False, memory_budget_mb=None, device=None,
+)
+REPORT_ONLY_DEFAULTS = dict(
+    leave_one_out=True, alone=True, paths=True, paths_limit=64, subgraphs=None, pairs="downstream", max_pairs=20,
+    min_effect=0.02, compensation=True, compensation_metric=None, datasets=None,
+)
 
 
 def report(
@@ -104,12 +179,15 @@ def report(
     n_boot: int = 1000,
     progress: bool = False,
     memory_budget_mb: Optional[float] = None,
+    device=None,
+    options: Union[None, RunOptions, ReportOptions] = None,
 ) -> Report:
     """Loss recovered for ``h`` and its subgraphs, serial-redundancy checks, and generality.
 
     Args:
-        h, model, data, seeds, metric, engine, baseline, n, batch_size: as in `scrub.evaluate`.
+        h, model, data, seeds, metric, engine, baseline, n, batch_size, device: as in `scrub.evaluate`.
         leave_one_out, alone, paths: which subgraph families to include.
+        paths_limit: at most this many path variants (more is an error that says so).
         subgraphs: user-named subgraphs: ``{label: [claim names]}`` (kept with their subtrees
             and links to the output) or ``{label: Hypothesis}``.
         pairs: ``"downstream"`` (pairs ``(a, b)`` with ``b`` later in the model than ``a``),
@@ -117,6 +195,8 @@ def report(
         max_pairs: at most this many default pairs (the report says when it cut).
         min_effect: the smallest interaction (in loss recovered) or rise of a direct effect (in
             metric units) that is flagged; smaller ones count as additive even when significant.
+            A pair is called backups (OR-like) only when removing each claim alone costs loss
+            recovered (interval above zero) and removing both costs more than the sum.
         compensation: also run the knock-out / direct-effect check for each pair.
         compensation_metric: the metric of that check (default: ``metric``). Cross-entropy
             saturates, so two heads pushing the same logit look like backups even when neither
@@ -124,46 +204,72 @@ def report(
         datasets: other datasets, by name, for the generality table.
         progress: show progress bars.
         memory_budget_mb: the batched engine's working-memory budget (default 4096).
+        options: a `scrub.options.ReportOptions` (or a `RunOptions` for the scrub, with the report's
+            own keywords) instead of the keywords it holds.
 
     Raises:
-        ReportError: unknown claim names in ``subgraphs`` or ``pairs``; plus anything
-            `scrub.evaluate` raises.
+        ReportError: unknown claim names in ``subgraphs`` or ``pairs``; OptionsError: a bad option;
+            plus anything `scrub.evaluate` raises. All before any forward pass.
     """
-    metric = resolve(metric)
-    seeds_ = seed_list(seeds)
+    run_given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
+                     ci_level=ci_level, n_boot=n_boot, progress=progress, memory_budget_mb=memory_budget_mb,
+                     device=device)
+    report_given = dict(leave_one_out=leave_one_out, alone=alone, paths=paths, paths_limit=paths_limit,
+                        subgraphs=subgraphs, pairs=pairs, max_pairs=max_pairs, min_effect=min_effect,
+                        compensation=compensation, compensation_metric=compensation_metric, datasets=datasets)
+    if isinstance(options, RunOptions):
+        opts = ReportOptions(run=merge("report()", options, RunOptions, run_given, REPORT_DEFAULTS), **report_given)
+    elif options is None:
+        opts = ReportOptions(run=RunOptions(**run_given), **report_given)
+    else:
+        opts = merge("report()", options, ReportOptions, {**run_given, **report_given},
+                     {**REPORT_DEFAULTS, **REPORT_ONLY_DEFAULTS})
+    check_hypothesis(h, "report()")
+    return _report(h, model, data, opts)
+
+
+def _report(h: Hypothesis, model, data: Dataset, opts: ReportOptions) -> Report:
+    run = opts.run
+    metric = run.metric
+    check_model(model, "report()")
+    check_dataset(data, "report()")
     findings: list[str] = []
     variants: list[V.Variant] = []
     loo = V.leave_one_out(h)
-    if leave_one_out:
+    if opts.leave_one_out:
         variants += loo
-    if alone:
+    if opts.alone:
         variants += V.alone(h)
-    if paths:
-        variants += V.paths(h, limit=paths_limit)
-    if subgraphs:
-        variants += V.named(h, subgraphs)
+    if opts.paths:
+        variants += V.paths(h, limit=opts.paths_limit)
+    if opts.subgraphs:
+        variants += V.named(h, opts.subgraphs)
     pair_list: list[tuple[str, str]] = []
-    if pairs == "downstream":
-        pair_list, found = V.default_pairs(h, model.cfg.n_layers, max_pairs)
+    if opts.pairs == "downstream":
+        pair_list, found = V.default_pairs(h, model.cfg.n_layers, opts.max_pairs)
         if found > len(pair_list):
-            findings.append(f"redundancy: checked the first {len(pair_list)} of {found} downstream pairs (max_pairs={max_pairs})")
-    elif pairs:
-        pair_list = V.pair_names(pairs, h)
+            findings.append(f"redundancy: checked the first {len(pair_list)} of {found} downstream pairs "
+                            f"(max_pairs={opts.max_pairs})")
+    elif opts.pairs:
+        pair_list = V.pair_names(opts.pairs, h)
     loo_by_claim = {v.claims[0]: v for v in loo}
-    extra_loo = [loo_by_claim[c] for c in sorted({c for p in pair_list for c in p}) if not leave_one_out]
+    extra_loo = [loo_by_claim[c] for c in sorted({c for p in pair_list for c in p}) if not opts.leave_one_out]
     pair_variants = [V.without_pair(h, a, b) for a, b in pair_list]
     hyps = [h] + [v.hypothesis for v in variants] + [v.hypothesis for v in extra_loo] + pair_variants
-    runner = make_engine(engine, model, data, memory_budget_mb=memory_budget_mb)
-    results = evaluate_many(
-        hyps, model, data, seeds=seeds_, metric=metric, engine=runner, baseline=baseline, n=n,
-        batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, progress=progress,
-    )
+    prepare(hyps, model, data, run, "report()")
+    for ds in (opts.datasets or {}).values():
+        prepare([h], model, ds, run, "report()")
+    compensation_metric = opts.compensation_metric or metric
+    if opts.compensation and pair_list:
+        check_data_fits(model, data, compensation_metric)
+    results = scrub_many(hyps, model, data, run)
     full = results[0]
     by_hyp = {id(hyp): r for hyp, r in zip(hyps, results)}
     rows = full.rows
 
     def combo(rs: Sequence[Result], coefs: Sequence[float]) -> Estimate:
-        return lr_combination(rows.model, rows.base, [r.rows.scrub for r in rs], coefs, level=ci_level, n_boot=n_boot)
+        return lr_combination(rows.model, rows.base, [r.rows.scrub for r in rs], coefs, level=run.ci_level,
+                              n_boot=run.n_boot, weights=rows.weights)
 
     sub_results = []
     for v in variants:
@@ -175,28 +281,20 @@ def report(
     for (a, b), pv in zip(pair_list, pair_variants):
         ra, rb, rab = (by_hyp[id(loo_by_claim[a].hypothesis)], by_hyp[id(loo_by_claim[b].hypothesis)], by_hyp[id(pv)])
         interaction = combo([ra, rb, rab, full], [1.0, 1.0, -1.0, -1.0])
-        j = JointRemoval(a, b, combo([full, ra], [1, -1]), combo([full, rb], [1, -1]), combo([full, rab], [1, -1]),
-                         interaction, _verdict(interaction, min_effect))
+        drop_a, drop_b = combo([full, ra], [1, -1]), combo([full, rb], [1, -1])
+        j = JointRemoval(a, b, drop_a, drop_b, combo([full, rab], [1, -1]), interaction,
+                         _verdict(interaction, opts.min_effect, drop_a, drop_b))
         joint.append(j)
-        if j.verdict.startswith("OR"):
-            findings.append(
-                f"{a} and {b} back each other up (OR-like): removing both costs {pct(j.drop_ab.value)} of loss "
-                f"recovered, more than the sum of removing each ({pct(j.drop_a.value)} + {pct(j.drop_b.value)}); "
-                f"a single-claim ablation underestimates how much each matters."
-            )
-        elif j.verdict == "AND-like":
-            findings.append(
-                f"{a} and {b} are AND-like: removing both costs less ({pct(j.drop_ab.value)}) than the sum of "
-                f"removing each ({pct(j.drop_a.value)} + {pct(j.drop_b.value)}); each needs the other."
-            )
+        finding = joint_finding(j)
+        if finding:
+            findings.append(finding)
 
     comp = []
-    if compensation and pair_list:
+    if opts.compensation and pair_list:
         claims = {c.name: c for c in h.claims}
         comp = _compensation(
             model, data, [(a, claims[a].component, b, claims[b].component) for a, b in pair_list],
-            full, seeds_, resolve(compensation_metric) if compensation_metric else metric,
-            batch_size, ci_level, n_boot, min_effect,
+            full, attrs.evolve(run, metric=compensation_metric), opts.min_effect,
         )
         for c in comp:
             if c.flagged:
@@ -207,11 +305,10 @@ def report(
                     f"because {c.b} compensates."
                 )
 
-    general = tuple(generality(h, model, datasets, seeds=seeds_, metric=metric, engine=engine, baseline=baseline,
-                               n=n, batch_size=batch_size, ci_level=ci_level, n_boot=n_boot).items()) if datasets else ()
+    general = tuple(_generality(h, model, opts.datasets, attrs.evolve(run, progress=False)).items()) if opts.datasets else ()
     findings += _generality_findings(full, general)
     findings += list(full.warnings)
-    meta = _meta(model, data, seeds_, metric, full, ci_level=ci_level, n_boot=n_boot,
+    meta = _meta(model, data, run.seeds, metric, full, ci_level=run.ci_level, n_boot=run.n_boot,
                  datasets={name: r.dataset for name, r in general})
     return Report(
         hypothesis=h.name, full=full, subgraphs=tuple(sub_results), joint=tuple(joint), compensation=tuple(comp),
@@ -230,9 +327,9 @@ def _generality_findings(full: Result, general: Sequence[tuple[str, Result]]) ->
     return out
 
 
-def _compensation(model, data: Dataset, pairs, full: Result, seeds: Sequence[int], metric: Metric,
-                  batch_size: Optional[int], ci_level: float, n_boot: int, min_effect: float) -> list[Compensation]:
-    """Knock ``a`` out and compare the direct effect of ``b`` with and without it, per pair.
+def _compensation(model, data: Dataset, pairs, full: Result, run: RunOptions, min_effect: float) -> list[Compensation]:
+    """Knock ``a`` out and compare the direct effect of ``b`` with and without it, per pair
+    (``run.metric`` is the check's metric; ``run.device`` where it computes).
 
     Per seed and chunk of reference rows, the clean logits and the random rows' clean pass are
     computed once and shared by every pair (the same random rows for all: common random numbers).
@@ -240,11 +337,15 @@ def _compensation(model, data: Dataset, pairs, full: Result, seeds: Sequence[int
     pairs = [p for p in pairs if p[1] != p[3] and not isinstance(p[1], Output) and not isinstance(p[3], Output)]
     if not pairs:
         return []
+    seeds, metric, ci_level, n_boot = run.seeds, run.metric, run.ci_level, run.n_boot
     view = ModelView.from_hooked(model)
+    if run.device is not None:
+        view = view.to(run.device)
     reference = full.rows.reference
+    weights = metric.row_weights(data.rows(reference))
     tokens = data.tokens.to(view.device)
     sign = 1.0 if metric.lower_is_better else -1.0
-    size = batch_size or 512
+    size = run.batch_size or 512
     keys = ("clean", "direct", "ko", "ko_direct")
     values = [{key: [] for key in keys} for _ in pairs]  # per pair: per seed [n]
     for seed in seeds:
@@ -270,9 +371,10 @@ def _compensation(model, data: Dataset, pairs, full: Result, seeds: Sequence[int
     out = []
     for (a_name, _, b_name, _), value in zip(pairs, values):
         v = {key: torch.stack(x) for key, x in value.items()}  # [seeds, n]
-        direct_b = mean_difference(v["direct"], v["clean"], level=ci_level, n_boot=n_boot)
-        after = mean_difference(v["ko_direct"], v["ko"], level=ci_level, n_boot=n_boot)
-        rise = mean_difference(v["ko_direct"] - v["ko"], v["direct"] - v["clean"], level=ci_level, n_boot=n_boot)
+        kw = dict(level=ci_level, n_boot=n_boot, weights=weights)
+        direct_b = mean_difference(v["direct"], v["clean"], **kw)
+        after = mean_difference(v["ko_direct"], v["ko"], **kw)
+        rise = mean_difference(v["ko_direct"] - v["ko"], v["direct"] - v["clean"], **kw)
         flagged = rise.excludes_zero() and rise.value >= min_effect
         out.append(Compensation(a_name, b_name, direct_b, after, rise, flagged, metric.name))
     return out
@@ -282,18 +384,32 @@ def generality(
     h: Hypothesis,
     model,
     datasets: Mapping[str, Dataset],
-    **options,
+    *,
+    options: Optional[RunOptions] = None,
+    **keywords,
 ) -> dict[str, Result]:
-    """The same hypothesis on several named datasets (options as in `scrub.evaluate`)."""
-    if not datasets:
+    """The same hypothesis on several named datasets (keywords or ``options`` as in `scrub.evaluate`).
+
+    The hypothesis, the model, every dataset and the options are checked before the first forward pass."""
+    defaults = {**REPORT_DEFAULTS, "seeds": 1}
+    unknown = sorted(set(keywords) - set(defaults))
+    if unknown:
+        raise ReportError(f"generality(): unknown options {unknown}; the options are those of scrub.evaluate: "
+                          f"{sorted(defaults)}")
+    opts = merge("generality()", options, RunOptions, keywords, defaults)
+    check_hypothesis(h, "generality()")
+    check_model(model, "generality()")
+    if not isinstance(datasets, Mapping) or not datasets:
         raise ReportError("generality(): give at least one dataset, as {name: Dataset}")
-    out = {}
     for name, ds in datasets.items():
         if not isinstance(ds, Dataset):
             raise ReportError(f"generality(): datasets[{name!r}] is {type(ds).__name__}, not a scrub.Dataset")
-        check_data_fits(model, ds)
-        out[name] = evaluate_many([h], model, ds, **options)[0]
-    return out
+        prepare([h], model, ds, opts, "generality()")
+    return _generality(h, model, datasets, opts)
+
+
+def _generality(h: Hypothesis, model, datasets: Mapping[str, Dataset], opts: RunOptions) -> dict[str, Result]:
+    return {name: scrub_many([h], model, ds, opts)[0] for name, ds in datasets.items()}
 
 
 def compare(
@@ -311,23 +427,31 @@ def compare(
     n_boot: int = 1000,
     progress: bool = False,
     memory_budget_mb: Optional[float] = None,
+    device=None,
+    options: Optional[RunOptions] = None,
 ) -> Comparison:
     """Several hypotheses on the same reference rows and seeds (common random numbers), with the
     paired difference of every pair; an order is stated only where its interval excludes zero.
+    Options (keywords or ``options``) as in `scrub.evaluate`.
 
     Raises:
         ReportError: fewer than two hypotheses, duplicate names, or (a bug) results that do not
             share rows, seeds and baseline values.
     """
+    given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
+                 ci_level=ci_level, n_boot=n_boot, progress=progress, memory_budget_mb=memory_budget_mb, device=device)
+    opts = merge("compare()", options, RunOptions, given, REPORT_DEFAULTS)
+    if isinstance(hypotheses, (Hypothesis, str)) or not isinstance(hypotheses, Sequence):
+        raise ReportError(f"compare() needs a list of at least two hypotheses, got {type(hypotheses).__name__}")
     if len(hypotheses) < 2:
         raise ReportError(f"compare() needs at least two hypotheses, got {len(hypotheses)}")
+    for i, h in enumerate(hypotheses):
+        check_hypothesis(h, "compare()", f"hypotheses[{i}]")
     names = [h.name for h in hypotheses]
     if len(set(names)) != len(names):
         raise ReportError(f"compare(): hypothesis names must be distinct to label the results, got {names}")
-    metric = resolve(metric)
-    results = evaluate_many(hypotheses, model, data, seeds=seeds, metric=metric, engine=engine, baseline=baseline,
-                            n=n, batch_size=batch_size, ci_level=ci_level, n_boot=n_boot, progress=progress,
-                            memory_budget_mb=memory_budget_mb)
+    results = evaluate_many(list(hypotheses), model, data, options=opts)
+    ci_level, n_boot = opts.ci_level, opts.n_boot
     first = results[0]
     for r in results[1:]:
         same = (
@@ -346,13 +470,12 @@ def compare(
         for j in range(i + 1, len(results)):
             a, b = results[i], results[j]
             d = lr_combination(first.rows.model, first.rows.base, [a.rows.scrub, b.rows.scrub], [1.0, -1.0],
-                               level=ci_level, n_boot=n_boot)
+                               level=ci_level, n_boot=n_boot, weights=first.rows.weights)
             if d.excludes_zero():
                 verdict = f"{a.hypothesis} > {b.hypothesis}" if d.value > 0 else f"{b.hypothesis} > {a.hypothesis}"
             else:
                 verdict = "no significant difference"
             diffs.append(PairedDifference(a.hypothesis, b.hypothesis, d, verdict))
-    meta = _meta(model, data, first.seeds, metric, first, ci_level=ci_level, n_boot=n_boot,
+    meta = _meta(model, data, first.seeds, opts.metric, first, ci_level=ci_level, n_boot=n_boot,
                  common_random_numbers=True)
     return Comparison(results=tuple(results), differences=tuple(diffs), meta=meta)
-
