@@ -17,6 +17,7 @@ from scrub.data import Dataset
 from scrub.errors import DatasetError, OptionsError, ScrubError
 from scrub.hypothesis import Hypothesis
 from scrub.metrics import Metric, loss_recovered
+from scrub.model.loaders import model_limits
 from scrub.options import RunOptions, check_dataset, check_hypotheses, check_hypothesis, check_model, merge
 from scrub.plan import FeatureCache, Schedule, plan
 from scrub.result import Result, RowValues, mean_se
@@ -81,18 +82,18 @@ def baseline_of(h: Hypothesis) -> Hypothesis:
 def check_data_fits(model, data: Dataset, metric: Optional[Metric] = None) -> None:
     """Refuse a dataset whose tokens or length do not fit the model, or whose targets (or extras)
     ``metric`` cannot read (`Metric.check_data`; without a metric, targets are not checked)."""
-    cfg = model.cfg
-    if int(data.tokens.max()) >= cfg.d_vocab or int(data.tokens.min()) < 0:
+    d_vocab, d_vocab_out, n_ctx = model_limits(model)
+    if int(data.tokens.max()) >= d_vocab or int(data.tokens.min()) < 0:
         raise DatasetError(
             f"dataset {data.name!r} has token ids in [{int(data.tokens.min())}, {int(data.tokens.max())}] "
-            f"but the model's vocabulary is 0..{cfg.d_vocab - 1}; tokenise the data for this model"
+            f"but the model's vocabulary is 0..{d_vocab - 1}; tokenise the data for this model"
         )
-    if data.n_pos > cfg.n_ctx:
+    if data.n_pos > n_ctx:
         raise DatasetError(
-            f"dataset {data.name!r} has sequences of {data.n_pos} positions; the model's context is {cfg.n_ctx}"
+            f"dataset {data.name!r} has sequences of {data.n_pos} positions; the model's context is {n_ctx}; truncate the sequences"
         )
     if metric is not None:
-        metric.check_data(data, cfg.d_vocab_out)
+        metric.check_data(data, d_vocab_out)
 
 
 def at_every_position(logits: Tensor, positions: Optional[Sequence[int]], n_pos: int) -> Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 from scrub.api import evaluate_many
 from scrub.errors import ScrubError
 from scrub.hypfile import load_hypothesis_file
+from scrub.model import model_name
 from scrub.options import RunOptions
 from scrub.reporting.terminal import format_table, num, pct
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         options = RunOptions(seeds=args.seeds, n=args.n)  # checked before anything is loaded
         spec = load_hypothesis_file(args.file)
         model, data = spec.model(), spec.dataset()
-        print(f"model: {getattr(model.cfg, 'model_name', type(model).__name__)}; dataset: {data!r}")
+        print(f"model: {model_name(model)}; dataset: {data!r}")
         rows = []
         start = time.perf_counter()
         hypotheses = list(spec.hypotheses())

@@ -23,7 +23,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import attrs
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 

@@ -23,6 +23,7 @@ from scrub.data import Dataset
 from scrub.errors import OptionsError
 from scrub.hypothesis import Hypothesis
 from scrub.metrics import Metric, resolve
+from scrub.model.sources import is_source_model
 
 __all__ = [
     "RunOptions",
@@ -305,13 +306,13 @@ def _same(value: Any, default: Any) -> bool:
 
 
 def check_model(model: Any, where: str) -> None:
-    """Refuse something that is not a TransformerLens-style model (a ``.cfg`` with the sizes scrub reads)."""
-    cfg = getattr(model, "cfg", None)
-    needed = ("n_layers", "n_heads", "d_model", "d_vocab", "n_ctx")
-    if not isinstance(model, torch.nn.Module) or cfg is None or not all(hasattr(cfg, a) for a in needed):
+    """Refuse something that is not a model ``scrub`` runs: a TransformerLens model
+    (``HookedTransformer``, ``TransformerBridge``) or a HuggingFace causal LM."""
+    if not isinstance(model, torch.nn.Module) or not is_source_model(model):
         raise OptionsError(
-            f"{where}: model must be a TransformerLens HookedTransformer (e.g. from scrub.load_model, "
-            f"scrub.from_hf or scrub.zoo.load), got {type(model).__module__}.{type(model).__name__}"
+            f"{where}: model must be a TransformerLens HookedTransformer or TransformerBridge, or a "
+            f"HuggingFace causal LM (e.g. from scrub.load_model, scrub.zoo.load or "
+            f"transformers.AutoModelForCausalLM), got {type(model).__module__}.{type(model).__name__}"
         )
 
 

@@ -23,7 +23,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from scrub.components import Component, Output
+from scrub.components import Component
 from scrub.data import EXACT, Dataset, Feature, FeatureValues, PoolIndex, sample_matching
 from scrub.errors import ScheduleError
 from scrub.hypothesis import Claim, Edge, Hypothesis, TreeSpec

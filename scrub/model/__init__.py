@@ -10,7 +10,7 @@ every component's output.
 """
 
 from scrub.model.config import ACTIVATIONS, SUPPORTED_ACT_FNS, ViewConfig, config_from_hooked
-from scrub.model.sources import config_from_model, require_decomposable
+from scrub.model.sources import config_from_model, is_source_model, model_name, require_decomposable
 from scrub.model.view import CleanPass, ModelView
 
 __all__ = [
@@ -22,6 +22,6 @@ __all__ = [
     "require_decomposable",
     "SUPPORTED_ACT_FNS",
     "ACTIVATIONS",
-    "load_model",
-    "from_hf",
+    "is_source_model",
+    "model_name",
 ]

@@ -17,7 +17,7 @@ from scrub.errors import UnsupportedModelError
 from scrub.model.config import ViewConfig, config_from_hooked
 from scrub.model.weights import weights_from_hooked
 
-__all__ = ["config_from_model", "weights_from_model", "require_decomposable"]
+__all__ = ["config_from_model", "weights_from_model", "require_decomposable", "is_transformer_lens", "is_source_model", "model_name"]
 
 
 def _is_hooked(model: Any) -> bool:
@@ -26,6 +26,28 @@ def _is_hooked(model: Any) -> bool:
     except ImportError:  # pragma: no cover - TransformerLens is a dependency
         return False
     return isinstance(model, HookedTransformer)
+
+
+def is_transformer_lens(model: Any) -> bool:
+    """A TransformerLens ``HookedTransformer`` (3.x) or ``TransformerBridge`` (3.9's and 4.x's), by class."""
+    names = {cls.__name__ for cls in type(model).__mro__}
+    module = type(model).__module__ or ""
+    return module.startswith("transformer_lens") and bool(names & {"HookedTransformer", "TransformerBridge"})
+
+
+def is_source_model(model: Any) -> bool:
+    """A model ``scrub`` can be handed: a TransformerLens model or a HuggingFace causal LM."""
+    return is_transformer_lens(model) or _is_hf(model)
+
+
+def model_name(model: Any) -> str:
+    """A readable name for reports: TransformerLens's ``model_name``, the HF checkpoint's name or path,
+    else the class name."""
+    cfg = getattr(model, "cfg", None)
+    name = getattr(cfg, "model_name", None) if cfg is not None else None
+    if not name and _is_hf(model):
+        name = getattr(model.config, "name_or_path", None) or getattr(model.config, "model_type", None)
+    return str(name or type(model).__name__)
 
 
 def _is_hf(model: Any) -> bool:

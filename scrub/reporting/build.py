@@ -18,9 +18,9 @@ from scrub.api import check_data_fits, evaluate_many, prepare, scrub_many
 from scrub.components import Output, stage
 from scrub.data import Dataset
 from scrub.errors import ReportError
-from scrub.hypothesis import Hypothesis
+from scrub.hypothesis import Hypothesis, ModelShape
 from scrub.metrics import Estimate, Metric, lr_combination, mean_difference
-from scrub.model import ModelView
+from scrub.model import ModelView, model_name, require_decomposable
 from scrub.options import ReportOptions, RunOptions, check_dataset, check_hypothesis, check_model, merge
 from scrub.reporting import variants as V
 from scrub.reporting.ablation import ablated_logits
@@ -43,7 +43,7 @@ def _meta(model, data: Dataset, seeds: Sequence[int], metric: Metric, first: Res
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": environment(),
-        "model": {"name": getattr(model.cfg, "model_name", type(model).__name__), "fingerprint": model_fingerprint(model)},
+        "model": {"name": model_name(model), "fingerprint": model_fingerprint(model)},
         "dataset": {"name": data.name, "rows": len(data), "positions": data.n_pos, "fingerprint": data.fingerprint()},
         "seeds": list(seeds),
         "reference_rows": first.n_rows,
@@ -246,7 +246,7 @@ def _report(h: Hypothesis, model, data: Dataset, opts: ReportOptions) -> Report:
         variants += V.named(h, opts.subgraphs)
     pair_list: list[tuple[str, str]] = []
     if opts.pairs == "downstream":
-        pair_list, found = V.default_pairs(h, model.cfg.n_layers, opts.max_pairs)
+        pair_list, found = V.default_pairs(h, ModelShape.of(model).n_layers, opts.max_pairs)
         if found > len(pair_list):
             findings.append(f"redundancy: checked the first {len(pair_list)} of {found} downstream pairs "
                             f"(max_pairs={opts.max_pairs})")
@@ -312,7 +312,7 @@ def _report(h: Hypothesis, model, data: Dataset, opts: ReportOptions) -> Report:
                  datasets={name: r.dataset for name, r in general})
     return Report(
         hypothesis=h.name, full=full, subgraphs=tuple(sub_results), joint=tuple(joint), compensation=tuple(comp),
-        generality=general, findings=tuple(findings), meta=meta, graph=_graph(h, contributions, model.cfg.n_layers),
+        generality=general, findings=tuple(findings), meta=meta, graph=_graph(h, contributions, ModelShape.of(model).n_layers),
     )
 
 
@@ -338,7 +338,8 @@ def _compensation(model, data: Dataset, pairs, full: Result, run: RunOptions, mi
     if not pairs:
         return []
     seeds, metric, ci_level, n_boot = run.seeds, run.metric, run.ci_level, run.n_boot
-    view = ModelView.from_hooked(model)
+    view = ModelView.from_model(model)
+    require_decomposable(view.config)
     if run.device is not None:
         view = view.to(run.device)
     reference = full.rows.reference

@@ -31,15 +31,9 @@ from typing import Any
 
 from scrub.engine.backends.base import HookBackend, Patch, check_component
 from scrub.errors import UnsupportedModelError
+from scrub.model.sources import is_transformer_lens
 
 __all__ = ["HookBackend", "Patch", "backend_for", "check_component"]
-
-
-def _is_transformer_lens(model: Any) -> bool:
-    """A TransformerLens ``HookedTransformer`` (3.x) or ``TransformerBridge`` (4.x), by class."""
-    names = {cls.__name__ for cls in type(model).__mro__}
-    module = type(model).__module__ or ""
-    return module.startswith("transformer_lens") and bool(names & {"HookedTransformer", "TransformerBridge"})
 
 
 def backend_for(model: Any) -> HookBackend:
@@ -49,7 +43,7 @@ def backend_for(model: Any) -> HookBackend:
         UnsupportedModelError: ``model`` is neither a TransformerLens model nor a HuggingFace
             causal LM of a supported family (or it uses an unsupported setting).
     """
-    if _is_transformer_lens(model):
+    if is_transformer_lens(model):
         from scrub.engine.backends.tl import TransformerLensBackend
 
         return TransformerLensBackend(model)
