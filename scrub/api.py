@@ -17,9 +17,10 @@ from scrub.data import Dataset
 from scrub.errors import DatasetError, OptionsError, ScrubError
 from scrub.hypothesis import Hypothesis
 from scrub.metrics import Metric, loss_recovered
+from scrub.engine.scoring import score_clean, score_schedules
 from scrub.model.loaders import model_limits
 from scrub.options import RunOptions, check_dataset, check_hypotheses, check_hypothesis, check_model, merge
-from scrub.plan import FeatureCache, Schedule, plan
+from scrub.plan import FeatureCache, plan
 from scrub.result import Result, RowValues, mean_se
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "baseline_of",
     "make_engine",
     "ENGINES",
-    "run_schedules",
     "check_data_fits",
     "RUN_DEFAULTS",
 ]
@@ -94,39 +94,6 @@ def check_data_fits(model, data: Dataset, metric: Optional[Metric] = None) -> No
         )
     if metric is not None:
         metric.check_data(data, d_vocab_out)
-
-
-def at_every_position(logits: Tensor, positions: Optional[Sequence[int]], n_pos: int) -> Tensor:
-    """Logits computed at ``positions`` only (``[n, q, vocab]``) laid out at every position
-    (``[n, n_pos, vocab]``), NaN where they were not computed; as they are when ``positions`` is None."""
-    if positions is None:
-        return logits
-    full = logits.new_full((logits.shape[0], n_pos, logits.shape[2]), float("nan"))
-    full[:, list(positions)] = logits
-    return full
-
-
-def run_schedules(engine, schedules: Sequence[Schedule], metric: Metric, batch_size: Optional[int]) -> list[Tensor]:
-    """Per-row metric values ``[n]`` for each schedule, in chunks of ``batch_size`` reference rows."""
-    data = engine.data
-    n = schedules[0].n_rows
-    size = batch_size or n
-    out: list[list[Tensor]] = [[] for _ in schedules]
-    for start in range(0, n, size):
-        rows = torch.arange(start, min(n, start + size))
-        chunk = [s.select(rows) for s in schedules]
-        batch = data.rows(chunk[0].reference)
-        positions = metric.positions(batch)  # None: the metric reads every position
-        clean = None
-        if metric.needs_clean:
-            clean = at_every_position(engine.clean_logits(chunk[0].reference, positions), positions, data.n_pos)
-        if hasattr(engine, "run_many"):
-            logits = engine.run_many(chunk, positions=positions)
-        else:
-            logits = [engine.run(s, positions=positions) for s in chunk]
-        for i, lg in enumerate(logits):
-            out[i].append(metric(at_every_position(lg, positions, data.n_pos), batch, clean).cpu())
-    return [torch.cat(parts) for parts in out]
 
 
 def evaluate(
@@ -263,12 +230,12 @@ def scrub_many(
     for seed in _progress(seeds_, options.progress, f"scrubbing {len(hypotheses)} hypotheses"):
         schedules = [plan(h, data, seed, reference=reference, features=features) for h in hypotheses]
         schedules.append(plan(base_h, data, seed, reference=reference, features=features))
-        values = run_schedules(runner, schedules, metric, options.batch_size)
+        values = score_schedules(runner, schedules, metric, options.batch_size)
         base_rows.append(values[-1])
         for i, (schedule, value) in enumerate(zip(schedules, values[:-1])):
             scrub_rows[i].append(value)
             class_sizes[i] = schedule.class_sizes
-    model_rows = _model_values(runner, data, reference, metric, options.batch_size)
+    model_rows = score_clean(runner, reference, metric, options.batch_size)
     weights = metric.row_weights(data.rows(reference))
     base = torch.stack(base_rows)
     return [
@@ -288,18 +255,6 @@ def _progress(items, enabled: bool, label: str):
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=label, unit="seed")
-
-
-def _model_values(engine, data: Dataset, reference: Tensor, metric: Metric, batch_size: Optional[int]) -> Tensor:
-    size = batch_size or len(reference)
-    parts = []
-    for start in range(0, len(reference), size):
-        rows = reference[start : start + size]
-        batch = data.rows(rows)
-        positions = metric.positions(batch)
-        logits = at_every_position(engine.clean_logits(rows, positions), positions, data.n_pos)
-        parts.append(metric(logits, batch, logits).cpu())
-    return torch.cat(parts)
 
 
 def build_result(
