@@ -229,7 +229,7 @@ def _redundancy(d: dict, claim_order: Sequence[str]) -> str:
                      f'{heatmap(rows, cols, cells, vmax, fmt_num)}{legend(vmax, fmt_num, "rise (" + metric + ")", False)}</div>')
     return (f'<figure class="redundancy">{"".join(parts)}<figcaption>Rows: the first claim a of each pair; columns: the second claim b (downstream). Positive '
             f'interaction: removing both claims lowers loss recovered by more than the two single removals added '
-            f'together (super-additive); negative: by less (sub-additive). The sign alone does not make a pair backups: '
+            f'together (super-additive); negative: by less (sub-additive). The sign alone is not a verdict: '
             f'each pair\'s verdict (hover over a cell, or see the table) says what its drops show. Compensation: '
             f'positive means b\'s direct effect grows when a is knocked out. Outlined cells marked "!" are flagged '
             f'(interval excludes zero and the effect exceeds the threshold).</figcaption></figure>')
