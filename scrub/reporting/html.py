@@ -21,7 +21,18 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional, Sequence
 
-from scrub.reporting.svg import bars, dag, esc, fmt_num, fmt_pct, fnum, heatmap, legend, paginate, scale_max
+from scrub.reporting.svg import (
+    bars,
+    dag,
+    esc,
+    fmt_num,
+    fmt_pct,
+    fnum,
+    heatmap,
+    legend,
+    paginate,
+    scale_max,
+)
 
 __all__ = ["render_report", "render_comparison", "render_run", "report_html", "comparison_html", "result_html"]
 
@@ -58,6 +69,10 @@ KIND_NOTES = {
 }
 CONTRIBUTION = ("contribution = LR(full) \u2212 LR(subgraph), paired: on leave-one-out rows the drop when the claim is "
                 "removed; on alone, path and named rows what the rest of the hypothesis adds to that subgraph")
+BARS_NOTE = ("One chart per kind of subgraph, each led by the full hypothesis, all on one axis. Bars: loss recovered; "
+             "whiskers: confidence intervals; dashed lines at 0% (the baseline) and 100% (the model); the dotted line "
+             "marks the full hypothesis. A value beyond the axis is drawn to the edge with a red triangle, and the "
+             "number beside each bar is always the true one.")
 MAX_BAR_LINES = 36  # label lines per bar chart: a chart stays under ~750 px tall; longer lists continue in the next
 
 
@@ -184,18 +199,16 @@ def _subgraph_bars(name: str, full: dict, subs: Sequence[dict]) -> str:
     if not kinds:
         return _figure(bars([full_row], marker=marker), "Loss recovered by the full hypothesis (no subgraphs were "
                        "scrubbed); the whisker is its confidence interval.", "lr-bars")
-    out = []
-    for k in kinds:
-        rows = [_bar_row(s.get("name", ""), s.get("result") or {}) for s in subs if s.get("kind") == k]
+    by_kind = {k: [_bar_row(s.get("name", ""), s.get("result") or {}) for s in subs if s.get("kind") == k] for k in kinds}
+    every = [full_row] + [r for rows in by_kind.values() for r in rows]
+    shared = {"marker": marker, "layout_rows": every}
+    out = [f'<p class="note">{esc(BARS_NOTE)}</p>']
+    for k, rows in by_kind.items():
         pages = paginate(rows, MAX_BAR_LINES - 1)
         for i, page in enumerate(pages):
             part = f" (part {i + 1} of {len(pages)})" if len(pages) > 1 else ""
             out.append(f"<h4>{esc(KINDS.get(k, str(k)))}{esc(part)}</h4>")
-            out.append(_figure(bars([full_row] + page, marker=marker),
-                               KIND_NOTES.get(k, "") + " Whiskers: confidence intervals; dashed lines at 0% (baseline) "
-                               "and 100% (the model); the dotted line marks the full hypothesis. Values beyond the axis "
-                               "are drawn to the edge with a red triangle, and the number beside each bar is the true one.",
-                               "lr-bars"))
+            out.append(_figure(bars([full_row] + page, **shared), KIND_NOTES.get(k, ""), "lr-bars"))
     return "".join(out)
 
 

@@ -53,9 +53,9 @@ def _axis(rows: Sequence[dict], refs: Sequence[float], limits: tuple[float, floa
 
 def _bars(ax, rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0, "0%"), (1.0, "100%")),
           limits: tuple[float, float] = (-1.0, 2.0), fmt: Callable = fmt_pct, marker: Optional[float] = None,
-          title: str = "") -> None:
+          title: str = "", domain: Optional[tuple[float, float]] = None) -> None:
     """Horizontal bars with CI whiskers on ``ax``; the numbers are printed right of the axes."""
-    lo_d, hi_d = _axis(rows, [v for v, _ in refs] + ([marker] if marker is not None and math.isfinite(marker) else []), limits)
+    lo_d, hi_d = domain or _axis(rows, _refs(refs, marker), limits)
     ax.set_xlim(lo_d, hi_d)
     ax.set_ylim(len(rows) - 0.5, -0.5)
     for v, name in refs:
@@ -87,6 +87,10 @@ def _bars(ax, rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0
         ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
 
 
+def _refs(refs: Sequence[tuple[float, str]], marker: Optional[float]) -> list[float]:
+    return [v for v, _ in refs] + ([marker] if marker is not None and math.isfinite(marker) else [])
+
+
 def _lines(rows: Sequence[dict]) -> int:
     return sum(len(wrap(r["label"], WRAP)) for r in rows)
 
@@ -96,8 +100,11 @@ def _bar_figure(panels: Sequence[tuple[str, list[dict]]], **options) -> Figure:
     heights = [max(_lines(rows), 1) * 0.24 + 0.45 for _, rows in panels]
     fig = Figure(figsize=(7.5, sum(heights) + 0.5), layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    every = [r for _, rows in panels for r in rows]  # one axis for all panels, so they can be compared
+    domain = _axis(every, _refs(options.get("refs", ((0.0, ""), (1.0, ""))), options.get("marker")),
+                   options.get("limits", (-1.0, 2.0)))
     for ax, (title, rows) in zip(axes, panels):
-        _bars(ax, rows, title=title, **options)
+        _bars(ax, rows, title=title, domain=domain, **options)
     return fig
 
 

@@ -17,7 +17,7 @@ import re
 from html import escape
 from typing import Callable, Iterable, Optional, Sequence
 
-__all__ = ["esc", "fnum", "fmt_pct", "fmt_num", "diverging", "bars", "paginate", "wrap", "graph_layout", "dag", "heatmap", "legend", "GREY"]
+__all__ = ["esc", "fnum", "fmt_pct", "fmt_num", "diverging", "bars", "axis_domain", "label_width", "paginate", "wrap", "graph_layout", "dag", "heatmap", "legend", "GREY"]
 
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',sans-serif"
 CHAR = 6.3  # mean width of an 11px character, for layout estimates
@@ -86,10 +86,10 @@ def scale_max(values) -> float:
 
 def legend(vmax: float, fmt: Callable = fmt_pct, label: str = "", unknown: bool = True) -> str:
     """Swatches from -vmax to +vmax (and grey for unknown)."""
-    n, w = 11, 24
-    text_x = n * w + 20 + (2 * w + 10 if unknown else 0)
+    n, w, m = 11, 24, 22  # swatches, swatch width, left margin (room for the first number, centred below)
+    text_x = m + n * w + 20 + (2 * w + 10 if unknown else 0)
     parts = [f'<svg class="legend" width="{text_x + int(5.8 * len(label)) + 10}" height="34" role="img" '
-             f'style="{FONT};font-size:10px">']
+             f'style="{FONT};font-size:10px"><g transform="translate({m},0)">']
     for i in range(n):
         v = vmax * (2 * i / (n - 1) - 1)
         parts.append(f'<rect x="{i * w}" y="2" width="{w}" height="12" fill="{diverging(v, vmax)}"><title>{esc(fmt(v))}</title></rect>')
@@ -98,6 +98,7 @@ def legend(vmax: float, fmt: Callable = fmt_pct, label: str = "", unknown: bool 
     if unknown:
         parts.append(f'<rect x="{n * w + 26}" y="2" width="{w}" height="12" fill="{GREY}"/>'
                      f'<text x="{n * w + 26 + w / 2}" y="27" text-anchor="middle">unknown</text>')
+    parts.append("</g>")
     if label:
         parts.append(f'<text x="{text_x}" y="12">{esc(label)}</text>')
     return "".join(parts) + "</svg>"
@@ -131,13 +132,13 @@ def wrap(text: str, width: int) -> list[str]:
                 line = ""
             lines.append(tok[:width])
             tok = tok[width:]
-        if len(line) + len(tok.rstrip()) > width and line:
+        if len(line) + len(tok.rstrip(" ")) > width and line:
             lines.append(line)
             line = ""
         line += tok
     if line:
         lines.append(line)
-    return [ln.rstrip() for ln in lines if ln.strip()] or [""]
+    return [ln.rstrip(" ") for ln in lines if ln.strip(" ")] or [""]
 
 
 def label_width(labels: Iterable[str]) -> int:
@@ -157,27 +158,37 @@ def bar_text(r: dict, fmt: Callable, lo_d: float, hi_d: float) -> str:
     return f"{fmt(v)}  [{fmt(lo)}, {fmt(hi)}]{over}"
 
 
+def axis_domain(rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0, "0%"), (1.0, "100%")),
+                limits: tuple[float, float] = (-1.0, 2.0), marker: Optional[tuple[float, str]] = None) -> tuple[float, float]:
+    """The x range of a bar chart: every number and reference value, within ``limits``, padded."""
+    nums = [fnum(r.get(k)) for r in rows for k in ("value", "lo", "hi")]
+    nums = [v for v in nums if math.isfinite(v)] + [v for v, _ in refs]
+    nums += [marker[0]] if marker and math.isfinite(fnum(marker[0])) else []
+    lo_d, hi_d = max(limits[0], min(nums)), min(limits[1], max(nums))
+    pad = 0.04 * max(hi_d - lo_d, 1e-6)
+    return lo_d - pad, hi_d + pad
+
+
 def bars(rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0, "0%"), (1.0, "100%")),
          limits: tuple[float, float] = (-1.0, 2.0), fmt: Callable = fmt_pct, marker: Optional[tuple[float, str]] = None,
-         width: int = 960) -> str:
+         width: int = 960, layout_rows: Optional[Sequence[dict]] = None) -> str:
     """Horizontal bars for ``rows`` (dicts with ``label``, ``value``, ``lo``, ``hi`` and optional
     ``group`` (a header drawn before the first row of each group), ``strong`` and ``tip``).
 
     The axis spans the reference values and every number, within ``limits``; a bar or whisker
     beyond a limit stops at the edge with a triangle, and its text shows the true number. Long
     labels wrap onto several lines and the column of numbers is as wide as its longest text, so
-    no label and no number is ever cut; the chart widens beyond ``width`` when it must.
+    no label and no number is ever cut; the chart widens beyond ``width`` when it must. Charts
+    meant to be read together pass the rows of all of them as ``layout_rows``: the label column,
+    the axis and the column of numbers are then laid out for those, so the charts line up.
     """
-    nums = [fnum(r.get(k)) for r in rows for k in ("value", "lo", "hi")]
-    nums = [v for v in nums if math.isfinite(v)] + [v for v, _ in refs] + ([marker[0]] if marker else [])
-    lo_d, hi_d = max(limits[0], min(nums)), min(limits[1], max(nums))
-    pad = 0.04 * max(hi_d - lo_d, 1e-6)
-    lo_d, hi_d = lo_d - pad, hi_d + pad
+    every = list(layout_rows or rows)
+    lo_d, hi_d = axis_domain(every, refs=refs, limits=limits, marker=marker)
     labels = [str(r.get("label", "")) for r in rows]
-    label_w = label_width(labels)
+    label_w = label_width(str(r.get("label", "")) for r in every)
     wrapped = [wrap(s, int(label_w / CHAR)) for s in labels]
     texts = [bar_text(r, fmt, lo_d, hi_d) for r in rows]
-    text_w = int(CHAR * max([len(t) for t in texts] + [10]) + 24)
+    text_w = int(CHAR * max([len(bar_text(r, fmt, lo_d, hi_d)) for r in every] + [10]) + 24)
     x0 = label_w + 8
     width = max(width, x0 + 360 + text_w)
     x1 = width - text_w
