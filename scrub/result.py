@@ -93,15 +93,15 @@ class Result:
 
     def _repr_html_(self) -> str:
         """The result as HTML for a notebook cell (as in the report; no scripts)."""
-        from scrub.reporting.html import result_html  # lazy: reporting sits above result
+        from scrub.reporting.notebook import result_html  # lazy: reporting sits above result
 
         return result_html(self.to_dict())
 
     def plot(self):
         """Loss recovered with its CI as a matplotlib `Figure` (save it as PNG, PDF or SVG)."""
-        from scrub.reporting.plot import plot_result  # lazy: reporting sits above result
+        from scrub.reporting.notebook import result_figure  # lazy: reporting sits above result
 
-        return plot_result(self.to_dict())
+        return result_figure(self.to_dict())
 
 
 def mean_se(values: Tensor) -> tuple[float, float]:
