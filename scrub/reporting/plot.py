@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
 from scrub.errors import ReportError
-from scrub.reporting.svg import GREY, graph_layout, fmt_num, fmt_pct, fnum, scale_max, wrap
+from scrub.reporting.svg import GREY, axis_domain, fmt_num, fmt_pct, fnum, graph_layout, scale_max, wrap
 
 __all__ = ["plot_result", "plot_report", "plot_comparison", "REPORT_KINDS", "COMPARISON_KINDS"]
 
@@ -43,19 +43,11 @@ def _row(label: str, r: dict, strong: bool = False) -> dict:
     return {"label": str(label), "value": r.get("loss_recovered"), "lo": lo, "hi": hi, "strong": strong}
 
 
-def _axis(rows: Sequence[dict], refs: Sequence[float], limits: tuple[float, float]) -> tuple[float, float]:
-    nums = [fnum(r.get(k)) for r in rows for k in ("value", "lo", "hi")]
-    nums = [v for v in nums if math.isfinite(v)] + list(refs)
-    lo, hi = max(limits[0], min(nums)), min(limits[1], max(nums))
-    pad = 0.04 * max(hi - lo, 1e-6)
-    return lo - pad, hi + pad
-
-
 def _bars(ax, rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0, "0%"), (1.0, "100%")),
           limits: tuple[float, float] = (-1.0, 2.0), fmt: Callable = fmt_pct, marker: Optional[float] = None,
           title: str = "", domain: Optional[tuple[float, float]] = None) -> None:
     """Horizontal bars with CI whiskers on ``ax``; the numbers are printed right of the axes."""
-    lo_d, hi_d = domain or _axis(rows, _refs(refs, marker), limits)
+    lo_d, hi_d = domain or axis_domain(rows, refs=refs, limits=limits, marker=_marker(marker))
     ax.set_xlim(lo_d, hi_d)
     ax.set_ylim(len(rows) - 0.5, -0.5)
     for v, name in refs:
@@ -87,8 +79,8 @@ def _bars(ax, rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0
         ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
 
 
-def _refs(refs: Sequence[tuple[float, str]], marker: Optional[float]) -> list[float]:
-    return [v for v, _ in refs] + ([marker] if marker is not None and math.isfinite(marker) else [])
+def _marker(value: Optional[float]) -> Optional[tuple[float, str]]:
+    return None if value is None else (value, "")
 
 
 def _lines(rows: Sequence[dict]) -> int:
@@ -101,8 +93,8 @@ def _bar_figure(panels: Sequence[tuple[str, list[dict]]], **options) -> Figure:
     fig = Figure(figsize=(7.5, sum(heights) + 0.5), layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     every = [r for _, rows in panels for r in rows]  # one axis for all panels, so they can be compared
-    domain = _axis(every, _refs(options.get("refs", ((0.0, ""), (1.0, ""))), options.get("marker")),
-                   options.get("limits", (-1.0, 2.0)))
+    domain = axis_domain(every, refs=options.get("refs", ((0.0, ""), (1.0, ""))),
+                         limits=options.get("limits", (-1.0, 2.0)), marker=_marker(options.get("marker")))
     for ax, (title, rows) in zip(axes, panels):
         _bars(ax, rows, title=title, domain=domain, **options)
     return fig

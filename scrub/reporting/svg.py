@@ -4,7 +4,13 @@
   the axis limits are drawn to the edge with an overflow mark, their numbers are never clipped;
 * `dag`: the hypothesis graph, columns by residual-stream stage (left to right, output last),
   edges labelled with port and positions, nodes coloured by contribution;
-* `heatmap`: a claim-by-claim matrix with flagged cells outlined.
+* `heatmap`: a claim-by-claim matrix with flagged cells outlined;
+* `wrap`, `paginate`, `graph_layout`, `axis_domain`: the layout rules, shared with the
+  matplotlib figures of `scrub.reporting.plot` so both draw the same things the same way.
+
+They are drawn by hand rather than through matplotlib's SVG output because the page needs what
+that output lacks: a tooltip (``<title>``) on every bar, node and cell, real text, no ids repeated
+across the dozens of figures of a run page, and milliseconds rather than seconds per figure.
 
 Every function takes plain JSON data (as ``to_dict`` or a JSON file gives it: NaN may be ``None``,
 infinities the strings ``"inf"``/``"-inf"``) and returns an ``<svg>`` string; all text is escaped.
@@ -17,7 +23,8 @@ import re
 from html import escape
 from typing import Callable, Iterable, Optional, Sequence
 
-__all__ = ["esc", "fnum", "fmt_pct", "fmt_num", "diverging", "bars", "axis_domain", "label_width", "paginate", "wrap", "graph_layout", "dag", "heatmap", "legend", "GREY"]
+__all__ = ["esc", "fnum", "fmt_pct", "fmt_num", "diverging", "bars", "axis_domain", "label_width", "paginate", "wrap",
+           "graph_layout", "dag", "heatmap", "legend", "GREY"]
 
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',sans-serif"
 CHAR = 6.3  # mean width of an 11px character, for layout estimates
