@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from scrub.errors import ReportError
 from scrub.reporting.svg import GREY, axis_domain, fmt_num, fmt_pct, fnum, graph_layout, scale_max, wrap
@@ -71,6 +72,7 @@ def _bars(ax, rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0
         ax.text(1.02, i, f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]{over}", transform=ax.get_yaxis_transform(), va="center",
                 fontsize=8, clip_on=False)
     ax.set_yticks(range(len(rows)), ["\n".join(wrap(r["label"], WRAP)) for r in rows], fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(7))
     ax.xaxis.set_major_formatter(lambda x, _: fmt(x))
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", color="#eee", zorder=0)
