@@ -186,8 +186,8 @@ def _bar_row(label: str, r: dict, group: str = "", strong: bool = False) -> dict
 def _bar_figures(rows: Sequence[dict], caption: str, cls: str, **options) -> str:
     """``rows`` as one bar chart, or as several of bounded height when there are many."""
     pages = paginate(rows, MAX_BAR_LINES)
-    return "".join(_figure(bars(page, **options), caption + (f" (part {i + 1} of {len(pages)})" if len(pages) > 1 else ""), cls)
-                   for i, page in enumerate(pages))
+    parts = [f" (part {i + 1} of {len(pages)})" if len(pages) > 1 else "" for i in range(len(pages))]
+    return "".join(_figure(bars(page, layout_rows=rows, **options), caption + part, cls) for page, part in zip(pages, parts))
 
 
 def _subgraph_bars(name: str, full: dict, subs: Sequence[dict]) -> str:
@@ -329,8 +329,8 @@ def _comparison_section(d: dict, anchor: str = "comparison", title: str = "Compa
         drows = [{"label": f"{x.get('a')} \u2212 {x.get('b')}", "value": (x.get("difference") or {}).get("value"),
                   "lo": ((x.get("difference") or {}).get("ci") or [None])[0],
                   "hi": ((x.get("difference") or {}).get("ci") or [None, None])[-1]} for x in diffs]
-        out.append(_bar_figures(drows, "Paired differences in loss recovered (same rows and seeds); an order is stated only when "
-                           "the interval excludes 0.", "diff-bars", refs=((0.0, "0"),), limits=(-2.0, 2.0)))
+        out.append(_bar_figures(drows, "Paired differences in loss recovered (same rows and seeds); an order is stated "
+                                "only when the interval excludes 0.", "diff-bars", refs=((0.0, "0"),), limits=(-2.0, 2.0)))
     out.append(_table(
         ["hypothesis", "LR", "SE", "CI", "M_scrub", "M_scrub SE", "M_model", "M_base", "rows", "seeds", "warnings"],
         [[r.get("hypothesis"), fmt_pct(r.get("loss_recovered")), fmt_pct(r.get("stderr"), 2), _ci(r),
