@@ -92,6 +92,18 @@ class Result:
         out["class_sizes"] = {k: list(v) for k, v in self.class_sizes.items()}
         return out
 
+    def _repr_html_(self) -> str:
+        """The result as HTML for a notebook cell (as in the report; no scripts)."""
+        from scrub.reporting.notebook import result_html  # lazy: reporting sits above result
+
+        return result_html(self.to_dict())
+
+    def plot(self):
+        """Loss recovered with its CI as a matplotlib `Figure` (save it as PNG, PDF or SVG)."""
+        from scrub.reporting.notebook import result_figure  # lazy: reporting sits above result
+
+        return result_figure(self.to_dict())
+
 
 def mean_se(values: Tensor, weights: Optional[Tensor] = None) -> tuple[float, float]:
     """Mean and standard error over rows of seed-averaged values (``[n]`` or ``[seeds, n]``).

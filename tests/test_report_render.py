@@ -80,7 +80,8 @@ def _nan_to_none(x):
 def test_page_holds_every_figure_and_table(data):
     page = render_report(data)
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
-    assert len(_svg(page, "bars")) == 2  # subgraph bars and generality bars
+    kinds = {s["kind"] for s in data["subgraphs"]}
+    assert len(_svg(page, "bars")) == len(kinds) + 1  # one chart per kind of subgraph, and generality
     assert len(_svg(page, "dag")) == 1
     assert len(_svg(page, "heatmap")) == 2  # joint interaction and compensation rise
     for table in ("result", "subgraphs", "joint", "compensation", "generality", "claims", "edges", "findings-table", "meta"):
@@ -97,12 +98,89 @@ def test_page_holds_every_figure_and_table(data):
     assert "short repeats" in page and "induction-short" in page
 
 
-def test_lr_bars_have_references_whiskers_and_one_bar_per_subgraph(data):
+def test_lr_bars_one_chart_per_kind_each_led_by_the_full_hypothesis(data):
+    page = render_report(data)
+    kinds = list(dict.fromkeys(s["kind"] for s in data["subgraphs"]))
+    charts = _svg(page, "bars")[: len(kinds)]
+    for kind, svg in zip(kinds, charts):
+        names = [s["name"] for s in data["subgraphs"] if s["kind"] == kind]
+        assert svg.count('<g class="bar">') == 1 + len(names)
+        assert svg.count('class="ref"') == 2 and ">0%<" in svg and ">100%<" in svg
+        assert "full: " in svg and all(html.escape(n) in svg for n in names)
+    for title in ("leave-one-out (claim removed)", "each claim alone", "named subgraphs"):
+        assert f"<h4>{title}</h4>" in page
+
+
+def _label_lines(svg: str) -> list[list[str]]:
+    labels = re.findall(r'<text class="label"[^>]*>(.*?)</text>', svg)
+    return [[html.unescape(t) for t in re.findall(r"<tspan[^>]*>(.*?)</tspan>", lab)] for lab in labels]
+
+
+def test_long_labels_wrap_and_keep_their_qualifier(data):
+    """A long subgraph name is wrapped onto several lines, never cut: its last word (the
+    qualifier, e.g. "alone") and every other character stay visible, and so does every number."""
+    from scrub.reporting.svg import CHAR
+
+    long = "Embed->Head(1.0).q via a very long and descriptive claim name that goes on and on " * 2 + "alone"
+    data["subgraphs"][0]["name"] = long
+    data["subgraphs"][1]["result"].update(loss_recovered=-12.345, ci=[-20.5, -10.25])  # long number, off the axis
     svg = _svg(render_report(data), "bars")[0]
-    assert svg.count('<g class="bar">') == 1 + len(data["subgraphs"])
-    assert svg.count('class="ref"') == 2 and ">0%<" in svg and ">100%<" in svg
-    for kind in ("leave-one-out", "each claim alone", "named subgraphs"):
-        assert kind in svg
+    lines = next(ls for ls in _label_lines(svg) if ls and ls[0].startswith("Embed->"))
+    assert len(lines) > 1 and lines[-1].endswith("alone")
+    assert "".join(lines).replace(" ", "") == long.replace(" ", "")
+    width = float(re.search(r'viewBox="0 0 (\S+) ', svg).group(1))
+    for x, text in re.findall(r'<text class="value" x="(\S+)"[^>]*>(.*?)</text>', svg):
+        assert float(x) + CHAR * len(html.unescape(text)) <= width, text  # the number and its qualifier fit
+    assert "-1234.5%  [-2050.0%, -1025.0%] \u25b8 off axis" in html.unescape(svg)
+
+
+def test_bar_charts_stay_short_on_big_reports(data):
+    """Hundreds of subgraphs: each kind is split into charts of bounded height, every one kept."""
+    template = data["subgraphs"][0]
+    subs = []
+    for kind in ("leave-one-out", "alone", "path"):
+        for i in range(70):
+            s = copy.deepcopy(template)
+            s.update(kind=kind, name=f"{kind} subgraph number {i} with a name long enough to wrap onto a second line")
+            subs.append(s)
+    data["subgraphs"] = subs
+    page = render_report(data)
+    charts = _svg(page, "bars")[:-1]  # the last one is generality
+    heights = [float(re.search(r'height="(\S+)"', svg).group(1)) for svg in charts]
+    assert len(charts) > 3 and max(heights) < 900
+    assert sum(svg.count('<g class="bar">') for svg in charts) == len(subs) + len(charts)  # + the full bar in each
+    assert "(part 1 of " in page
+    for s in subs[::17]:
+        assert html.escape(s["name"].split(" with")[0]) in page
+
+
+def test_contribution_is_labelled_by_kind(data, report):
+    page = render_report(data)
+    assert "on leave-one-out rows the drop when the claim is removed" in page
+    assert "what the rest of the hypothesis adds" in page and "<th>full \u2212 subgraph [CI]</th>" in page
+    text = str(report)
+    assert "full - subgraph [CI]" in text and "contribution [CI]" not in text
+    assert "leave-one-out rows: the drop in LR when that claim is removed" in text
+    assert "alone, path and named rows: what the rest of the hypothesis adds" in text
+
+
+def test_redundancy_words_come_only_from_the_verdicts(data):
+    """The page's legend states what a sign means; "OR-like" and "backup" appear only where a
+    verdict or finding (computed upstream) says so, never as the renderer's own reading."""
+    for j in data["redundancy"]["joint"]:
+        j.update(verdict="additive", flagged=False)
+        for k in ("drop_a", "drop_b"):
+            j[k]["value"] = -0.05  # removing either raises loss recovered
+        j["interaction"]["value"] = 0.08
+    for c in data["redundancy"]["compensation"]:
+        c["flagged"] = True
+    data["findings"] = []
+    page = render_report(data).lower()
+    for word in ("or-like", "backup", "back each other up"):
+        assert word not in page, word
+    assert "super-additive" in page and html.escape("b's direct effect rises") in page
+    data["redundancy"]["joint"][0]["verdict"] = "some verdict from build.py"
+    assert "some verdict from build.py" in render_report(data)
 
 
 def test_graph_has_one_node_per_claim_and_labelled_edges(data, report):

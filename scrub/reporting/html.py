@@ -1,11 +1,15 @@
 """Self-contained HTML reports: one file, inline CSS and inline SVG figures, no scripts.
 
 `render_report` draws one `Report.to_dict()`, `render_comparison` one `Comparison.to_dict()` and
-`render_run` several reports (and optionally a comparison) on one page. Each takes the plain
-dicts (as written to JSON, so NaN may arrive as ``None``), and every piece of text is escaped.
+`render_run` several reports (and optionally a comparison) on one page; `report_html`,
+`comparison_html` and `result_html` give the same sections as fragments for notebook cells
+(``_repr_html_``). Each takes the plain dicts (as written to JSON, so NaN may arrive as ``None``),
+and every piece of text is escaped. The CSS is scoped to ``.scrub`` so a fragment does not
+restyle the notebook around it.
 
 A report page holds: the headline result and findings; loss-recovered bars with CI whiskers for
-the full hypothesis and every subgraph (grouped by kind, 0% and 100% reference lines, the axis
+the full hypothesis and every subgraph (one chart per kind, each led by the full hypothesis and
+split into parts of bounded height when long; 0% and 100% reference lines, the axis
 extended for values outside [0, 1] and overflow marked beyond [-100%, 200%]); the hypothesis
 graph coloured by contribution; the redundancy matrices (joint-removal interaction and
 compensation rise, flagged pairs outlined); and tables for every number, including the
@@ -17,33 +21,71 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional, Sequence
 
-from scrub.reporting.svg import bars, dag, esc, fmt_num, fmt_pct, fnum, heatmap, legend, scale_max
+from scrub.reporting.svg import (
+    bars,
+    dag,
+    esc,
+    fmt_num,
+    fmt_pct,
+    fnum,
+    heatmap,
+    legend,
+    paginate,
+    scale_max,
+)
 
-__all__ = ["render_report", "render_comparison", "render_run"]
+__all__ = ["render_report", "render_comparison", "render_run", "report_html", "comparison_html", "result_html"]
 
 CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1180px;color:#222;
- padding:0 16px;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #3b6ea8;padding-bottom:4px;margin-top:2em}
-h3{margin-top:1.6em;color:#333}section.report,section.comparison{margin-bottom:3em}
-.headline{font-size:1.08em;background:#f3f6fa;border-left:4px solid #3b6ea8;padding:8px 12px}
-.findings li{margin:.3em 0}.findings{background:#fff8e6;border-left:4px solid #e0a800;padding:8px 8px 8px 28px}
-figure{margin:12px 0;overflow-x:auto}svg.bars,svg.dag{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em;max-width:900px}
-table{border-collapse:collapse;margin:10px 0 18px;font-size:.86em}caption{text-align:left;font-weight:600;padding:4px 0}
-th,td{border:1px solid #ddd;padding:3px 8px;vertical-align:top}th{background:#f1f1f1;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}tr.flag td{background:#fdecea}
-nav ul{columns:2}.muted{color:#777}.pair{display:inline-block;vertical-align:top;margin-right:28px}
+.scrub{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;color:#222;line-height:1.4}
+body>.scrub{margin:24px auto;max-width:1180px;padding:0 16px}
+.scrub h1{font-size:1.6em;margin-bottom:.2em}.scrub h2{border-bottom:2px solid #3b6ea8;padding-bottom:4px;margin-top:2em}
+.scrub h3{margin-top:1.6em;color:#333}.scrub h4{margin:1.2em 0 .3em}
+.scrub section.report,.scrub section.comparison{margin-bottom:3em}
+.scrub .headline{font-size:1.08em;background:#f3f6fa;border-left:4px solid #3b6ea8;padding:8px 12px}
+.scrub .findings li{margin:.3em 0}.scrub .findings{background:#fff8e6;border-left:4px solid #e0a800;padding:8px 8px 8px 28px}
+.scrub figure{margin:12px 0;overflow-x:auto}.scrub svg.bars,.scrub svg.dag{max-width:none;height:auto}
+.scrub figcaption{color:#555;font-size:.9em;max-width:900px}
+.scrub table{border-collapse:collapse;margin:10px 0 18px;font-size:.86em}.scrub caption{text-align:left;font-weight:600;padding:4px 0}
+.scrub th,.scrub td{border:1px solid #ddd;padding:3px 8px;vertical-align:top}.scrub th{background:#f1f1f1;text-align:left}
+.scrub td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.scrub tr.flag td{background:#fdecea}
+.scrub nav ul{columns:2}.scrub .muted{color:#777}.scrub .pair{display:inline-block;vertical-align:top;margin-right:28px}
+.scrub .note{color:#444;font-size:.9em;margin:.2em 0 .8em}
 """
 
 KINDS = {"leave-one-out": "leave-one-out (claim removed)", "alone": "each claim alone", "path": "root-to-leaf paths",
          "named": "named subgraphs"}
 
+# What a subgraph's bar and its "full \u2212 subgraph" number mean, by kind.
+KIND_NOTES = {
+    "leave-one-out": "Each bar: the hypothesis with one claim removed (its output resampled from random rows). "
+                     "Full \u2212 subgraph is the claim's contribution: the drop in loss recovered when it is removed.",
+    "alone": "Each bar: one claim kept with only what it needs (its inputs and its link to the output), every "
+             "other claim removed. Full \u2212 subgraph is what the rest of the hypothesis adds to it; it is not "
+             "a leave-one-out drop.",
+    "path": "Each bar: one root-to-leaf path kept, everything else removed. Full \u2212 subgraph is what the "
+            "other paths add; it is not a leave-one-out drop.",
+    "named": "Each bar: a subgraph named by the user, the rest removed. Full \u2212 subgraph is what the rest adds.",
+}
+CONTRIBUTION = ("contribution = LR(full) \u2212 LR(subgraph), paired: on leave-one-out rows the drop when the claim is "
+                "removed; on alone, path and named rows what the rest of the hypothesis adds to that subgraph")
+BARS_NOTE = ("One chart per kind of subgraph, each led by the full hypothesis, all on one axis. Bars: loss recovered; "
+             "whiskers: confidence intervals; dashed lines at 0% (the baseline) and 100% (the model); the dotted line "
+             "marks the full hypothesis. A value beyond the axis is drawn to the edge with a red triangle, and the "
+             "number beside each bar is always the true one.")
+MAX_BAR_LINES = 36  # label lines per bar chart: a chart stays under ~750 px tall; longer lists continue in the next
+
 
 def _page(title: str, body: str) -> str:
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>'
-            f"<body>\n{body}\n<p class=\"muted\">Generated by scrub (causal scrubbing). All figures are inline SVG; "
-            f"hover over a bar, node or cell for its numbers.</p></body></html>\n")
+            f'<body><div class="scrub">\n{body}\n<p class="muted">Generated by scrub (causal scrubbing). All figures '
+            f"are inline SVG; hover over a bar, node or cell for its numbers.</p></div></body></html>\n")
+
+
+def fragment(body: str) -> str:
+    """A piece of a page for a notebook cell: the report's own CSS, scoped to ``.scrub``; no scripts."""
+    return f'<div class="scrub"><style>{CSS}</style>{body}</div>'
 
 
 def _est(e: Optional[dict], fmt=fmt_pct) -> str:
@@ -141,6 +183,35 @@ def _bar_row(label: str, r: dict, group: str = "", strong: bool = False) -> dict
     return {"label": label, "value": r.get("loss_recovered"), "lo": lo, "hi": hi, "group": group, "strong": strong}
 
 
+def _bar_figures(rows: Sequence[dict], caption: str, cls: str, **options) -> str:
+    """``rows`` as one bar chart, or as several of bounded height when there are many."""
+    pages = paginate(rows, MAX_BAR_LINES)
+    parts = [f" (part {i + 1} of {len(pages)})" if len(pages) > 1 else "" for i in range(len(pages))]
+    return "".join(_figure(bars(page, layout_rows=rows, **options), caption + part, cls) for page, part in zip(pages, parts))
+
+
+def _subgraph_bars(name: str, full: dict, subs: Sequence[dict]) -> str:
+    """One chart per kind of subgraph (leave-one-out, alone, paths, named), each led by the full
+    hypothesis for reference and split into parts of bounded height when it has many rows."""
+    full_row = _bar_row(f"full: {name}", full, strong=True)
+    marker = (fnum(full.get("loss_recovered")), "full")
+    kinds = list(dict.fromkeys([s.get("kind") for s in subs]))
+    if not kinds:
+        return _figure(bars([full_row], marker=marker), "Loss recovered by the full hypothesis (no subgraphs were "
+                       "scrubbed); the whisker is its confidence interval.", "lr-bars")
+    by_kind = {k: [_bar_row(s.get("name", ""), s.get("result") or {}) for s in subs if s.get("kind") == k] for k in kinds}
+    every = [full_row] + [r for rows in by_kind.values() for r in rows]
+    shared = {"marker": marker, "layout_rows": every}
+    out = [f'<p class="note">{esc(BARS_NOTE)}</p>']
+    for k, rows in by_kind.items():
+        pages = paginate(rows, MAX_BAR_LINES - 1)
+        for i, page in enumerate(pages):
+            part = f" (part {i + 1} of {len(pages)})" if len(pages) > 1 else ""
+            out.append(f"<h4>{esc(KINDS.get(k, str(k)))}{esc(part)}</h4>")
+            out.append(_figure(bars([full_row] + page, **shared), KIND_NOTES.get(k, ""), "lr-bars"))
+    return "".join(out)
+
+
 def _redundancy(d: dict, claim_order: Sequence[str]) -> str:
     red = d.get("redundancy") or {}
     joint, comp = red.get("joint") or [], red.get("compensation") or []
@@ -170,8 +241,11 @@ def _redundancy(d: dict, claim_order: Sequence[str]) -> str:
         parts.append(f'<div class="pair"><h4>Compensation: rise of b\'s direct effect with a knocked out ({esc(metric)})</h4>'
                      f'{heatmap(rows, cols, cells, vmax, fmt_num)}{legend(vmax, fmt_num, "rise (" + metric + ")", False)}</div>')
     return (f'<figure class="redundancy">{"".join(parts)}<figcaption>Rows: the first claim a of each pair; columns: the second claim b (downstream). Positive '
-            f'interaction: super-additive (OR-like, backups); negative: sub-additive (AND-like). Outlined cells marked '
-            f'"!" are flagged (interval excludes zero and the effect exceeds the threshold).</figcaption></figure>')
+            f'interaction: removing both claims lowers loss recovered by more than the two single removals added '
+            f'together (super-additive); negative: by less (sub-additive). The sign alone is not a verdict: '
+            f'each pair\'s verdict (hover over a cell, or see the table) says what its drops show. Compensation: '
+            f'positive means b\'s direct effect grows when a is knocked out. Outlined cells marked "!" are flagged '
+            f'(interval excludes zero and the effect exceeds the threshold).</figcaption></figure>')
 
 
 def _report_section(d: dict, anchor: str = "report") -> str:
@@ -183,14 +257,8 @@ def _report_section(d: dict, anchor: str = "report") -> str:
     out = [f'<section class="report" id="{esc(anchor)}"><h2>Report: {esc(name)}</h2>', _headline(full)]
     if d.get("findings"):
         out.append('<h3>Findings</h3><ul class="findings">' + "".join(f"<li>{esc(f)}</li>" for f in d["findings"]) + "</ul>")
-    rows = [_bar_row(f"full: {name}", full, "full hypothesis", True)]
-    kinds = list(dict.fromkeys([s.get("kind") for s in subs]))
-    rows += [_bar_row(s.get("name", ""), s.get("result") or {}, KINDS.get(k, str(k))) for k in kinds for s in subs if s.get("kind") == k]
     out.append("<h3>Loss recovered: the full hypothesis and its subgraphs</h3>")
-    out.append(_figure(bars(rows, marker=(fnum(full.get("loss_recovered")), "full")),
-                       "Bars: loss recovered; whiskers: confidence interval. Dashed lines at 0% (baseline) and 100% "
-                       "(the model); the dotted line marks the full hypothesis. Values beyond the axis are drawn to "
-                       "the edge with a red triangle; the number beside each bar is never clipped.", "lr-bars"))
+    out.append(_subgraph_bars(name, full, subs))
     out.append("<h3>Hypothesis graph</h3>")
     cvals = [n.get("contribution") for n in graph.get("nodes", [])]
     vmax = scale_max(cvals)
@@ -202,16 +270,16 @@ def _report_section(d: dict, anchor: str = "report") -> str:
     out.append(_redundancy(d, [n.get("name") for n in graph.get("nodes", [])]))
     if d.get("generality"):
         grow = [_bar_row(g.get("dataset", ""), g.get("result") or {}) for g in d["generality"]]
-        out.append("<h3>Generality</h3>" + _figure(bars(grow), "Loss recovered by the same hypothesis on each dataset.", "gen-bars"))
+        out.append("<h3>Generality</h3>" + _bar_figures(grow, "Loss recovered by the same hypothesis on each dataset.", "gen-bars"))
     out.append("<h3>Tables</h3>")
     out.append(_result_table(full, "Full hypothesis"))
     out.append(_table(
-        ["kind", "subgraph", "claims", "LR", "SE", "CI", "M_scrub", "contribution [CI]", "contribution SE"],
+        ["kind", "subgraph", "claims", "LR", "SE", "CI", "M_scrub", "full \u2212 subgraph [CI]", "full \u2212 subgraph SE"],
         [[s.get("kind"), s.get("name"), ", ".join(s.get("claims") or []), fmt_pct((s.get("result") or {}).get("loss_recovered")),
           fmt_pct((s.get("result") or {}).get("stderr"), 2), _ci(s.get("result") or {}),
           fmt_num((s.get("result") or {}).get("m_scrub"), 4), _est(s.get("contribution")),
           fmt_pct((s.get("contribution") or {}).get("stderr"), 2)] for s in subs],
-        "Subgraphs (contribution = LR(full) \u2212 LR(subgraph), paired)", "subgraphs"))
+        f"Subgraphs ({CONTRIBUTION})", "subgraphs"))
     joint = red.get("joint") or []
     out.append(_table(
         ["a", "b", "drop(a)", "drop(b)", "drop(a,b)", "interaction [CI]", "interaction SE", "verdict", "flagged"],
@@ -224,7 +292,7 @@ def _report_section(d: dict, anchor: str = "report") -> str:
         ["knock out a", "b", "direct effect of b", "after knock-out", "rise [CI]", "rise SE", "flagged"],
         [[c.get("a"), c.get("b"), _est(c.get("direct_b"), fmt_num), _est(c.get("direct_b_after_knockout"), fmt_num),
           _est(c.get("rise"), fmt_num), fmt_num((c.get("rise") or {}).get("stderr"), 4),
-          "BACKUP" if c.get("flagged") else "no"] for c in comp],
+          "yes: b's direct effect rises" if c.get("flagged") else "no"] for c in comp],
         f"Compensation: direct effect of b ({full.get('metric', 'metric')}, harm) with and without a knocked out",
         "compensation", [bool(c.get("flagged")) for c in comp]))
     gen = d.get("generality") or []
@@ -234,7 +302,7 @@ def _report_section(d: dict, anchor: str = "report") -> str:
           fmt_pct((g.get("result") or {}).get("stderr"), 2), _ci(g.get("result") or {}),
           *(fmt_num((g.get("result") or {}).get(k), 4) for k in ("m_model", "m_scrub", "m_base")),
           (g.get("result") or {}).get("n_rows")] for g in gen], "Generality", "generality"))
-    out.append(_table(["claim", "component", "feature", "stage", "contribution"],
+    out.append(_table(["claim", "component", "feature", "stage", "contribution (leave-one-out drop)"],
                       [[n.get("name"), n.get("component"), n.get("feature"), n.get("stage"), fmt_pct(n.get("contribution"), 2)]
                        for n in graph.get("nodes", [])], "Claims (graph nodes)", "claims"))
     out.append(_table(["child", "parent", "port", "positions"],
@@ -255,15 +323,14 @@ def _comparison_section(d: dict, anchor: str = "comparison", title: str = "Compa
            f'{esc(repr(first.get("dataset")))} with seeds {esc(list(first.get("seeds") or []))} (common random numbers); '
            f'{esc(first.get("metric"))}: model {esc(fmt_num(first.get("m_model")))}, baseline '
            f'({esc(first.get("baseline"))}) {esc(fmt_num(first.get("m_base")))}.</p>']
-    out.append(_figure(bars([_bar_row(r.get("hypothesis", ""), r, strong=True) for r in results]),
-                       "Loss recovered with confidence intervals.", "cmp-bars"))
+    out.append(_bar_figures([_bar_row(r.get("hypothesis", ""), r, strong=True) for r in results],
+                            "Loss recovered with confidence intervals.", "cmp-bars"))
     if diffs:
         drows = [{"label": f"{x.get('a')} \u2212 {x.get('b')}", "value": (x.get("difference") or {}).get("value"),
                   "lo": ((x.get("difference") or {}).get("ci") or [None])[0],
                   "hi": ((x.get("difference") or {}).get("ci") or [None, None])[-1]} for x in diffs]
-        out.append(_figure(bars(drows, refs=((0.0, "0"),), limits=(-2.0, 2.0)),
-                           "Paired differences in loss recovered (same rows and seeds); an order is stated only when "
-                           "the interval excludes 0.", "diff-bars"))
+        out.append(_bar_figures(drows, "Paired differences in loss recovered (same rows and seeds); an order is stated "
+                                "only when the interval excludes 0.", "diff-bars", refs=((0.0, "0"),), limits=(-2.0, 2.0)))
     out.append(_table(
         ["hypothesis", "LR", "SE", "CI", "M_scrub", "M_scrub SE", "M_model", "M_base", "rows", "seeds", "warnings"],
         [[r.get("hypothesis"), fmt_pct(r.get("loss_recovered")), fmt_pct(r.get("stderr"), 2), _ci(r),
@@ -310,3 +377,22 @@ def render_run(reports: list[dict], comparison: Optional[dict] = None, title: st
     if comparison:
         body.append(_comparison_section(comparison, "comparison", comparison.get("title", "Comparison")))
     return _page(title, "".join(body))
+
+
+def report_html(data: dict) -> str:
+    """One `Report.to_dict()` as an HTML fragment for a notebook: the report page's section."""
+    return fragment(_report_section(data))
+
+
+def comparison_html(data: dict, title: str = "Comparison") -> str:
+    """One `Comparison.to_dict()` as an HTML fragment for a notebook: the comparison page's section."""
+    return fragment(_comparison_section(data, title=title))
+
+
+def result_html(data: dict) -> str:
+    """One `Result.to_dict()` as an HTML fragment: the headline, its bar and every number."""
+    name = data.get("hypothesis", "hypothesis")
+    bar = bars([_bar_row(str(name), data, strong=True)])
+    return fragment(f'<section class="result"><h3>{esc(name)}</h3>{_headline(data)}'
+                    f'{_figure(bar, "Loss recovered; the whisker is the confidence interval.", "lr-bars")}'
+                    f'{_result_table(data, "Result")}</section>')

@@ -1,7 +1,8 @@
 """The values a report holds: subgraph results, redundancy checks, comparisons, generality.
 
 Every class is a frozen attrs value with ``to_dict`` (JSON-ready numbers) and a readable
-``__str__``; `Report` and `Comparison` also write JSON and HTML files.
+``__str__``; `Report` and `Comparison` also write JSON and HTML files, show themselves in a
+notebook (``_repr_html_``: the report's own HTML section) and draw matplotlib figures (``plot``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from scrub.reporting.terminal import format_table, num, pct
 from scrub.result import Result
 
 __all__ = ["SubgraphResult", "JointRemoval", "Compensation", "Report", "PairedDifference", "Comparison"]
+
+
+_CONTRIBUTION_NOTE = (
+    "  leave-one-out rows: the drop in LR when that claim is removed (its contribution);\n"
+    "  alone, path and named rows: what the rest of the hypothesis adds to that subgraph (not a drop)."
+)
 
 
 def _est(e: Optional[Estimate], as_pct: bool = True) -> str:
@@ -148,6 +155,25 @@ class Report:
 
         return write_text(path, render_report(self.to_dict()))
 
+    def _repr_html_(self) -> str:
+        """The report's HTML section, for a notebook cell (inline SVG and CSS, no scripts)."""
+        from scrub.reporting.html import report_html
+
+        return report_html(self.to_dict())
+
+    def plot(self, kind: str = "lr"):
+        """A matplotlib `Figure` for a paper: ``"lr"`` (loss recovered of the full hypothesis and
+        every subgraph, with CIs, one panel per kind), ``"graph"`` (the hypothesis graph coloured by
+        each claim's leave-one-out contribution) or ``"redundancy"`` (the pair matrices). Save it
+        with ``fig.savefig("x.pdf")`` (PNG, PDF and SVG work); no display is needed.
+
+        Raises:
+            ReportError: an unknown ``kind``, or ``"redundancy"`` when no pairs were checked.
+        """
+        from scrub.reporting.plot import plot_report
+
+        return plot_report(self.to_dict(), kind)
+
     def __str__(self) -> str:
         f = self.full
         parts = [
@@ -159,7 +185,11 @@ class Report:
                 [s.kind, s.name, pct(s.result.loss_recovered), pct(s.result.stderr, 2), _est(s.contribution)]
                 for s in self.subgraphs
             ]
-            parts += ["", format_table(["kind", "subgraph", "LR", "SE", "contribution [CI]"], rows, "Subgraphs")]
+            parts += ["", format_table(
+                ["kind", "subgraph", "LR", "SE", "full - subgraph [CI]"], rows,
+                "Subgraphs (full - subgraph = LR(full) - LR(subgraph), paired)",
+            )]
+            parts.append(_CONTRIBUTION_NOTE)
         if self.joint:
             rows = [
                 [f"{j.a} + {j.b}", _est(j.drop_a), _est(j.drop_b), _est(j.drop_ab), _est(j.interaction), j.verdict]
@@ -172,11 +202,11 @@ class Report:
         if self.compensation:
             rows = [
                 [f"{c.a} -> {c.b}", _est(c.direct_b, False), _est(c.direct_b_after_knockout, False),
-                 _est(c.rise, False), "BACKUP" if c.flagged else ""]
+                 _est(c.rise, False), "rises" if c.flagged else ""]
                 for c in self.compensation
             ]
             parts += ["", format_table(
-                ["knock out a -> b", "direct effect of b", "after knock-out", "rise", ""], rows,
+                ["knock out a -> b", "direct effect of b", "after knock-out", "rise", "flagged"], rows,
                 f"Compensation: direct effect of b ({self.compensation[0].metric}, harm) with a knocked out",
             )]
         if self.generality:
@@ -227,6 +257,23 @@ class Comparison:
         from scrub.reporting.html import render_comparison
 
         return write_text(path, render_comparison(self.to_dict()))
+
+    def _repr_html_(self) -> str:
+        """The comparison's HTML section, for a notebook cell (inline SVG and CSS, no scripts)."""
+        from scrub.reporting.html import comparison_html
+
+        return comparison_html(self.to_dict())
+
+    def plot(self, kind: str = "lr"):
+        """A matplotlib `Figure`: ``"lr"`` (loss recovered per hypothesis with CIs) or
+        ``"differences"`` (the paired differences with CIs).
+
+        Raises:
+            ReportError: an unknown ``kind``, or ``"differences"`` with no pairs.
+        """
+        from scrub.reporting.plot import plot_comparison
+
+        return plot_comparison(self.to_dict(), kind)
 
     def __str__(self) -> str:
         first = self.results[0]

@@ -4,7 +4,13 @@
   the axis limits are drawn to the edge with an overflow mark, their numbers are never clipped;
 * `dag`: the hypothesis graph, columns by residual-stream stage (left to right, output last),
   edges labelled with port and positions, nodes coloured by contribution;
-* `heatmap`: a claim-by-claim matrix with flagged cells outlined.
+* `heatmap`: a claim-by-claim matrix with flagged cells outlined;
+* `wrap`, `paginate`, `graph_layout`, `axis_domain`: the layout rules, shared with the
+  matplotlib figures of `scrub.reporting.plot` so both draw the same things the same way.
+
+They are drawn by hand rather than through matplotlib's SVG output because the page needs what
+that output lacks: a tooltip (``<title>``) on every bar, node and cell, real text, no ids repeated
+across the dozens of figures of a run page, and milliseconds rather than seconds per figure.
 
 Every function takes plain JSON data (as ``to_dict`` or a JSON file gives it: NaN may be ``None``,
 infinities the strings ``"inf"``/``"-inf"``) and returns an ``<svg>`` string; all text is escaped.
@@ -13,10 +19,12 @@ infinities the strings ``"inf"``/``"-inf"``) and returns an ``<svg>`` string; al
 from __future__ import annotations
 
 import math
+import re
 from html import escape
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
-__all__ = ["esc", "fnum", "fmt_pct", "fmt_num", "diverging", "bars", "dag", "heatmap", "legend", "GREY"]
+__all__ = ["esc", "fnum", "fmt_pct", "fmt_num", "diverging", "bars", "axis_domain", "label_width", "paginate", "wrap",
+           "graph_layout", "dag", "heatmap", "legend", "GREY"]
 
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',sans-serif"
 CHAR = 6.3  # mean width of an 11px character, for layout estimates
@@ -85,10 +93,10 @@ def scale_max(values) -> float:
 
 def legend(vmax: float, fmt: Callable = fmt_pct, label: str = "", unknown: bool = True) -> str:
     """Swatches from -vmax to +vmax (and grey for unknown)."""
-    n, w = 11, 24
-    text_x = n * w + 20 + (2 * w + 10 if unknown else 0)
+    n, w, m = 11, 24, 22  # swatches, swatch width, left margin (room for the first number, centred below)
+    text_x = m + n * w + 20 + (2 * w + 10 if unknown else 0)
     parts = [f'<svg class="legend" width="{text_x + int(5.8 * len(label)) + 10}" height="34" role="img" '
-             f'style="{FONT};font-size:10px">']
+             f'style="{FONT};font-size:10px"><g transform="translate({m},0)">']
     for i in range(n):
         v = vmax * (2 * i / (n - 1) - 1)
         parts.append(f'<rect x="{i * w}" y="2" width="{w}" height="12" fill="{diverging(v, vmax)}"><title>{esc(fmt(v))}</title></rect>')
@@ -97,6 +105,7 @@ def legend(vmax: float, fmt: Callable = fmt_pct, label: str = "", unknown: bool 
     if unknown:
         parts.append(f'<rect x="{n * w + 26}" y="2" width="{w}" height="12" fill="{GREY}"/>'
                      f'<text x="{n * w + 26 + w / 2}" y="27" text-anchor="middle">unknown</text>')
+    parts.append("</g>")
     if label:
         parts.append(f'<text x="{text_x}" y="12">{esc(label)}</text>')
     return "".join(parts) + "</svg>"
@@ -111,25 +120,89 @@ def _ticks(lo: float, hi: float) -> list[float]:
     return [k * step for k in range(first, int(math.floor(hi / step + 1e-9)) + 1)]
 
 
+LINE = 13  # px per line of an 11px label
+MAX_LABEL_W = 340  # px: longer labels wrap onto more lines, they are never cut
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken after spaces, arrows and
+    punctuation where possible and inside a word only when it alone is longer; nothing is dropped."""
+    width = max(width, 4)
+    if len(text) <= width:
+        return [text]
+    tokens = re.findall(r"[^ ,;:>.)\]-]*(?:[ ,;:>.)\]-]+|$)", text)
+    lines, line = [], ""
+    for tok in filter(None, tokens):
+        while len(tok) > width:  # a single over-long word: split it
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(tok[:width])
+            tok = tok[width:]
+        if len(line) + len(tok.rstrip(" ")) > width and line:
+            lines.append(line)
+            line = ""
+        line += tok
+    if line:
+        lines.append(line)
+    return [ln.rstrip(" ") for ln in lines if ln.strip(" ")] or [""]
+
+
+def label_width(labels: Iterable[str]) -> int:
+    """The label column of a bar chart: as wide as the longest label, at most `MAX_LABEL_W`."""
+    return int(min(MAX_LABEL_W, max(110, CHAR * max([len(s) for s in labels] + [8]) + 12)))
+
+
+def bar_lines(label: str) -> int:
+    """How many lines ``label`` takes in a chart whose label column is as wide as it gets."""
+    return len(wrap(label, int(MAX_LABEL_W / CHAR)))
+
+
+def bar_text(r: dict, fmt: Callable, lo_d: float, hi_d: float) -> str:
+    """The number printed beside a bar: value, interval and, when off the axis, a mark saying so."""
+    v, lo, hi = fnum(r.get("value")), fnum(r.get("lo")), fnum(r.get("hi"))
+    over = " \u25b8 off axis" if math.isfinite(v) and not (lo_d <= v <= hi_d) else ""
+    return f"{fmt(v)}  [{fmt(lo)}, {fmt(hi)}]{over}"
+
+
+def axis_domain(rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0, "0%"), (1.0, "100%")),
+                limits: tuple[float, float] = (-1.0, 2.0), marker: Optional[tuple[float, str]] = None) -> tuple[float, float]:
+    """The x range of a bar chart: every number and reference value, within ``limits``, padded."""
+    nums = [fnum(r.get(k)) for r in rows for k in ("value", "lo", "hi")]
+    nums = [v for v in nums if math.isfinite(v)] + [v for v, _ in refs]
+    nums += [marker[0]] if marker and math.isfinite(fnum(marker[0])) else []
+    lo_d, hi_d = max(limits[0], min(nums)), min(limits[1], max(nums))
+    pad = 0.04 * max(hi_d - lo_d, 1e-6)
+    return lo_d - pad, hi_d + pad
+
+
 def bars(rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0, "0%"), (1.0, "100%")),
          limits: tuple[float, float] = (-1.0, 2.0), fmt: Callable = fmt_pct, marker: Optional[tuple[float, str]] = None,
-         width: int = 960) -> str:
+         width: int = 960, layout_rows: Optional[Sequence[dict]] = None) -> str:
     """Horizontal bars for ``rows`` (dicts with ``label``, ``value``, ``lo``, ``hi`` and optional
     ``group`` (a header drawn before the first row of each group), ``strong`` and ``tip``).
 
     The axis spans the reference values and every number, within ``limits``; a bar or whisker
-    beyond a limit stops at the edge with a triangle, and its text shows the true number.
+    beyond a limit stops at the edge with a triangle, and its text shows the true number. Long
+    labels wrap onto several lines and the column of numbers is as wide as its longest text, so
+    no label and no number is ever cut; the chart widens beyond ``width`` when it must. Charts
+    meant to be read together pass the rows of all of them as ``layout_rows``: the label column,
+    the axis and the column of numbers are then laid out for those, so the charts line up.
     """
-    nums = [fnum(r.get(k)) for r in rows for k in ("value", "lo", "hi")]
-    nums = [v for v in nums if math.isfinite(v)] + [v for v, _ in refs] + ([marker[0]] if marker else [])
-    lo_d, hi_d = max(limits[0], min(nums)), min(limits[1], max(nums))
-    pad = 0.04 * max(hi_d - lo_d, 1e-6)
-    lo_d, hi_d = lo_d - pad, hi_d + pad
-    label_w = int(min(340, max(110, CHAR * max([len(str(r.get("label", ""))) for r in rows] + [8]) + 12)))
-    x0, x1 = label_w + 8, width - 215
+    every = list(layout_rows or rows)
+    lo_d, hi_d = axis_domain(every, refs=refs, limits=limits, marker=marker)
+    labels = [str(r.get("label", "")) for r in rows]
+    label_w = label_width(str(r.get("label", "")) for r in every)
+    wrapped = [wrap(s, int(label_w / CHAR)) for s in labels]
+    texts = [bar_text(r, fmt, lo_d, hi_d) for r in rows]
+    text_w = int(CHAR * max([len(bar_text(r, fmt, lo_d, hi_d)) for r in every] + [10]) + 24)
+    x0 = label_w + 8
+    width = max(width, x0 + 360 + text_w)
+    x1 = width - text_w
     rh, gh, top = 18, 22, 30
+    heights = [rh + LINE * (len(w) - 1) for w in wrapped]
     n_groups = len({r.get("group") for r in rows if r.get("group")})
-    height = top + rh * len(rows) + gh * n_groups + 24
+    height = top + sum(heights) + gh * n_groups + 24
 
     def X(v: float) -> float:
         return x0 + (min(max(v, lo_d), hi_d) - lo_d) / (hi_d - lo_d) * (x1 - x0)
@@ -147,39 +220,55 @@ def bars(rows: Sequence[dict], *, refs: Sequence[tuple[float, str]] = ((0.0, "0%
         out.append(f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{top - 6}" y2="{height - 20}" stroke="#2a6f3f" stroke-dasharray="1 2"/>'
                    f'<text x="{mx:.1f}" y="{top - 20}" text-anchor="middle" fill="#2a6f3f">{esc(marker[1])}</text>')
     y, group = top, None
-    for r in rows:
+    for r, label, lines, text, h in zip(rows, labels, wrapped, texts, heights):
         if r.get("group") and r.get("group") != group:
             group = r["group"]
             out.append(f'<text x="4" y="{y + 15}" font-weight="600">{esc(group)}</text>')
             y += gh
         v, lo, hi = fnum(r.get("value")), fnum(r.get("lo")), fnum(r.get("hi"))
-        label = str(r.get("label", ""))
-        tip = r.get("tip") or f"{label}: {fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
-        out.append(f'<g class="bar"><title>{esc(tip)}</title>'
-                   f'<text x="{label_w}" y="{y + 13}" text-anchor="end">{esc(_clip(label, int(label_w / CHAR)))}</text>')
+        tip = r.get("tip") or f"{label}: {text}"
+        tspans = "".join(f'<tspan x="{label_w}" dy="{0 if i == 0 else LINE}">{esc(ln)}</tspan>' for i, ln in enumerate(lines))
+        out.append(f'<g class="bar"><title>{esc(tip)}</title><text class="label" x="{label_w}" y="{y + 13}" '
+                   f'text-anchor="end">{tspans}</text>')
+        yb = y + (h - rh) / 2  # the bar sits in the middle of its (possibly wrapped) label
         if not math.isnan(v):
             a, b = sorted((X(0.0), X(v)))
             fill = "#3b6ea8" if r.get("strong") else "#8fb3da"
-            out.append(f'<rect x="{a:.1f}" y="{y + 3}" width="{max(b - a, 0.5):.1f}" height="{rh - 6}" fill="{fill}"/>')
+            out.append(f'<rect x="{a:.1f}" y="{yb + 3:.1f}" width="{max(b - a, 0.5):.1f}" height="{rh - 6}" fill="{fill}"/>')
             for edge, beyond, d in ((hi_d, v > hi_d, 1), (lo_d, v < lo_d, -1)):
                 if beyond:
                     ex = X(edge)
-                    out.append(f'<polygon class="overflow" points="{ex:.1f},{y + 2} {ex + 7 * d:.1f},{y + rh / 2} '
-                               f'{ex:.1f},{y + rh - 2}" fill="#c0392b"/>')
+                    out.append(f'<polygon class="overflow" points="{ex:.1f},{yb + 2:.1f} {ex + 7 * d:.1f},{yb + rh / 2:.1f} '
+                               f'{ex:.1f},{yb + rh - 2:.1f}" fill="#c0392b"/>')
         if math.isfinite(lo) and math.isfinite(hi):
-            cy = y + rh / 2
-            out.append(f'<line x1="{X(lo):.1f}" x2="{X(hi):.1f}" y1="{cy}" y2="{cy}" stroke="#222"/>')
+            cy = yb + rh / 2
+            out.append(f'<line x1="{X(lo):.1f}" x2="{X(hi):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" stroke="#222"/>')
             for w in (lo, hi):
                 if lo_d <= w <= hi_d:
-                    out.append(f'<line x1="{X(w):.1f}" x2="{X(w):.1f}" y1="{cy - 4}" y2="{cy + 4}" stroke="#222"/>')
-        text = f"{fmt(v)}  [{fmt(lo)}, {fmt(hi)}]"
-        over = " \u25b8 off axis" if math.isfinite(v) and not (lo_d <= v <= hi_d) else ""
-        out.append(f'<text x="{x1 + 10}" y="{y + 13}">{esc(text + over)}</text></g>')
-        y += rh
+                    out.append(f'<line x1="{X(w):.1f}" x2="{X(w):.1f}" y1="{cy - 4:.1f}" y2="{cy + 4:.1f}" stroke="#222"/>')
+        out.append(f'<text class="value" x="{x1 + 10}" y="{yb + 13:.1f}">{esc(text)}</text></g>')
+        y += h
     return "".join(out) + "</svg>"
 
 
-def _layout(graph: dict):
+def paginate(rows: Sequence[dict], max_lines: int = 36) -> list[list[dict]]:
+    """``rows`` in consecutive pages of at most ``max_lines`` label lines each (at least one row a
+    page), so that no bar chart grows taller than about ``max_lines * 18`` px."""
+    pages: list[list[dict]] = [[]]
+    used = 0
+    for r in rows:
+        n = bar_lines(str(r.get("label", ""))) + (1 if r.get("group") else 0)
+        if pages[-1] and used + n > max_lines:
+            pages.append([])
+            used = 0
+        pages[-1].append(r)
+        used += n
+    return pages if pages[0] else []
+
+
+def graph_layout(graph: dict):
+    """Nodes, edges (those between known nodes), columns of node names by stage (each column
+    ordered to follow its parents) and each node's column: the layout both renderers draw."""
     nodes = list(graph.get("nodes", []))
     order = {n["name"]: i for i, n in enumerate(nodes)}
     edges = [e for e in graph.get("edges", []) if e.get("child") in order and e.get("parent") in order]
@@ -207,7 +296,7 @@ def _layout(graph: dict):
 def dag(graph: dict, vmax: Optional[float] = None) -> str:
     """The hypothesis graph: one box per claim in stage columns, edges child -> parent labelled
     ``port`` (and ``@positions``), boxes coloured by ``contribution`` (grey when unknown)."""
-    nodes, edges, columns, col_of = _layout(graph)
+    nodes, edges, columns, col_of = graph_layout(graph)
     if not nodes:
         return '<svg class="dag" width="10" height="10"></svg>'
     by_name = {n["name"]: n for n in nodes}

@@ -1,0 +1,25 @@
+"""Notebook display and figures of a `scrub.result.Result`, in one place.
+
+`Result` sits below `scrub.reporting` in the package layering, so it reaches these through one
+lazy import of this module (the layering's one allowed upward import). `Report` and `Comparison`
+live in `scrub.reporting.results` and call `scrub.reporting.html` and `scrub.reporting.plot`
+directly.
+"""
+
+from __future__ import annotations
+
+__all__ = ["result_html", "result_figure"]
+
+
+def result_html(data: dict) -> str:
+    """A `Result.to_dict()` as an HTML fragment for a notebook cell (see `scrub.reporting.html`)."""
+    from scrub.reporting.html import result_html as render
+
+    return render(data)
+
+
+def result_figure(data: dict):
+    """A `Result.to_dict()` as a matplotlib `Figure` (see `scrub.reporting.plot`)."""
+    from scrub.reporting.plot import plot_result  # matplotlib loads only when a figure is asked for
+
+    return plot_result(data)
