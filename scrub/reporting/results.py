@@ -56,8 +56,10 @@ class SubgraphResult:
 class JointRemoval:
     """Joint versus individual removal of claims ``a`` and ``b`` (drops in loss recovered).
 
-    ``interaction = drop(a and b) - drop(a) - drop(b)``: markedly positive (super-additive) means
-    OR-like, the two back each other up; negative (sub-additive) means AND-like.
+    ``interaction = drop(a and b) - drop(a) - drop(b)``. Markedly positive is super-additive, and
+    called OR-like (the two back each other up) only when removing each alone clearly costs loss
+    recovered; markedly negative is sub-additive, AND-like under the same condition. ``flagged``:
+    any verdict other than ``"additive"``.
     """
 
     a: str
@@ -66,7 +68,7 @@ class JointRemoval:
     drop_b: Estimate
     drop_ab: Estimate
     interaction: Estimate
-    verdict: str  # "OR-like (backup)", "AND-like", or "additive"
+    verdict: str  # "OR-like (backup)", "AND-like", "super-additive", "sub-additive" or "additive" (see build._verdict)
 
     @property
     def flagged(self) -> bool:
