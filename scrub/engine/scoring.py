@@ -21,7 +21,9 @@ __all__ = ["score_schedules", "score_clean", "at_every_position"]
 
 def at_every_position(logits: Float[Tensor, "n q v"], positions: Optional[Sequence[int]], n_pos: int) -> Float[Tensor, "n p v"]:
     """Logits computed at ``positions`` only (``[n, q, vocab]``) laid out at every position
-    (``[n, n_pos, vocab]``), NaN where they were not computed; as they are when ``positions`` is None."""
+    (``[n, n_pos, vocab]``), NaN where they were not computed; as they are when ``positions`` is None.
+    Always float32: a model may run in bfloat16 or float16, metrics are computed in float32."""
+    logits = logits.float()  # [n, q, v]
     if positions is None:
         return logits
     full = logits.new_full((logits.shape[0], n_pos, logits.shape[2]), float("nan"))  # [n, p, v]
