@@ -28,23 +28,31 @@ class ModelShape:
     Attributes:
         n_layers, n_heads, n_ctx: the model's size (``n_heads`` counts query heads).
         attn_only: the model has no MLPs.
-        positional: how positions enter the model (`POSITIONALS`); only ``"standard"`` positions are a component
-            (``PosEmbed()``) of the residual stream.
+        shortformer: positions are added inside attention, not to the residual stream (the
+            same as ``positional="shortformer"``; kept for callers that say so).
         parallel_blocks: attention and MLP of one layer read the same residual stream (GPT-J,
             GPT-NeoX): a head of layer ``l`` is then not upstream of the MLP of layer ``l``.
+        positional: how positions enter the model (`POSITIONALS`; by default from
+            ``shortformer``); only ``"standard"`` positions are a component (``PosEmbed()``)
+            of the residual stream.
     """
 
     n_layers: int
     n_heads: int
     n_ctx: int
     attn_only: bool
-    positional: str = "standard"
+    shortformer: bool = False
     parallel_blocks: bool = False
+    positional: str = attrs.field(default=None)
 
-    @property
-    def shortformer(self) -> bool:
-        """Positions are added inside attention, not to the residual stream."""
-        return self.positional == "shortformer"
+    def __attrs_post_init__(self) -> None:
+        if self.positional is None:
+            object.__setattr__(self, "positional", "shortformer" if self.shortformer else "standard")
+        elif self.shortformer != (self.positional == "shortformer"):
+            raise HypothesisError(
+                f"rule: ModelShape's shortformer and positional must agree; offender: "
+                f"shortformer={self.shortformer}, positional={self.positional!r}; fix: give one of them"
+            )
 
     @property
     def has_pos_embed(self) -> bool:
@@ -72,7 +80,8 @@ class ModelShape:
         if cfg is not None and hasattr(cfg, "n_layers"):  # TransformerLens
             return cls._of_config(cfg)
         view_config = getattr(model, "config", None)
-        if isinstance(view_config, ViewConfig):  # a ModelView
+        from_hf = type(view_config).__module__.startswith("transformers")
+        if isinstance(view_config, ViewConfig) or (not from_hf and hasattr(view_config, "n_layers")):  # a ModelView
             return cls._of_config(view_config)
         try:
             return cls._of_config(config_from_model(model))
@@ -97,6 +106,7 @@ class ModelShape:
             n_heads=int(cfg.n_heads),
             n_ctx=int(cfg.n_ctx),
             attn_only=bool(cfg.attn_only),
-            positional=str(positional),
+            shortformer=positional == "shortformer",
             parallel_blocks=bool(parallel),
+            positional=str(positional),
         )
