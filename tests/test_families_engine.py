@@ -30,7 +30,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scrub import EXACT, MLP, Embed, Feature, Head, Hypothesis, Output, PosEmbed, plan
+from scrub import EXACT, MLP, Embed, Feature, Head, Hypothesis, PosEmbed, plan
 from scrub.engine import BatchedEngine, ReferenceEngine
 from scrub.errors import ComponentError, HypothesisError, ScheduleError, UnsupportedModelError
 from scrub.hypothesis import ModelShape
