@@ -10,6 +10,13 @@
     reference rows (default 256), all through ONE ``BatchedEngine.run_many`` call: family time /
     one clean forward of the same rows (``ModelView.forward``; the HookedTransformer forward is
     printed too).                                                       goal: <= 3x
+(c) The same family (``PosEmbed`` claims read as ``Embed``: rotary models have no positional
+    component) on a Llama-shaped HuggingFace ``LlamaForCausalLM`` with random weights, of the same
+    sizes as the GPT-2-shaped model: 12 layers x 12 query heads sharing 4 key/value heads
+    (grouped-query attention), SwiGLU MLPs of ``8/3 d_model`` (the same weight count as GPT-2's
+    ``4 d_model``), RMSNorm, rotary positions, untied unembedding, SDPA attention. Family time /
+    one clean forward (``ModelView.forward``; the HF forward is printed too), printed next to (b).
+                                                                        goal: <= 3x
 
 Both engines are asked for the logits where ``scrub.evaluate`` asks for them: at the positions
 the metric (cross-entropy) reads, here the last one; the batched engine then computes every tree
@@ -21,7 +28,7 @@ is the median of ``--repeats`` runs after one warm-up (the reference engine: ``-
 runs, no warm-up). Planning (sampling the schedules) is not timed in the ratios; its time is
 printed separately. The batched logits are checked against the reference engine's.
 
-    .venv/bin/python benchmarks/bench_engine.py [--rows 256] [--d-model 96] [--profile]
+    .venv/bin/python benchmarks/bench_engine.py [--rows 256] [--d-model 96] [--profile] [--no-llama]
 """
 
 from __future__ import annotations
@@ -60,6 +67,10 @@ def main() -> None:
     parser.add_argument("--memory-budget-mb", type=float, default=1024)
     parser.add_argument("--loop", action="store_true", help="also time the family as separate run() calls")
     parser.add_argument("--profile", action="store_true", help="cProfile one batched scrub and one family run")
+    parser.add_argument("--no-llama", action="store_true", help="skip (c), the Llama-shaped model")
+    parser.add_argument(
+        "--llama-check-rows", type=int, default=4, help="reference rows of the (c) check against the reference engine"
+    )
     args = parser.parse_args()
     common.setup(args)
 
@@ -189,6 +200,15 @@ def main() -> None:
         f"(heads {work['Head']:.2f}, MLPs {work['MLP']:.2f}, unembed {work['Output']:.2f}), plus the clean pass"
     )
     sys.stdout.flush()
+    llama_ratio = None if args.no_llama else llama_family(args, data, scored)
+    if llama_ratio is not None:
+        print()
+        print(
+            f"family of {len(family)} in one run_many / one clean forward (ModelView), {args.rows} rows: GPT-2-shaped "
+            f"{family_ratio:.1f}x ({common.verdict(family_ratio <= GOAL_FAMILY)}), Llama-shaped {llama_ratio:.1f}x "
+            f"({common.verdict(llama_ratio <= GOAL_FAMILY)}); goal <= {GOAL_FAMILY:g}x"
+        )
+        sys.stdout.flush()
 
     if args.profile:
         import cProfile
@@ -207,6 +227,107 @@ def main() -> None:
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             print(f"---- cProfile: {label} (cumtime, top 30) ----")
             pstats.Stats(prof).sort_stats("cumtime").print_stats(30)
+
+
+# ---- (c) the Llama-shaped model -------------------------------------------------------------------
+
+
+def make_llama(d_model: int, vocab: int, n_ctx: int, seed: int, device: str):
+    """A Llama-shaped ``LlamaForCausalLM`` of the GPT-2-shaped model's sizes, every weight random."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    n_heads = common.N_HEADS
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        intermediate_size=8 * d_model // 3,  # SwiGLU: three matrices, as many weights as GPT-2's two of 4 d
+        num_hidden_layers=common.N_LAYERS,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads // 3,
+        head_dim=d_model // n_heads,
+        max_position_embeddings=n_ctx,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name:  # RMSNorm gains
+                p.copy_(1.0 + 0.1 * noise)
+            elif "embed_tokens" in name:
+                p.copy_(noise)
+            else:  # nn.Linear [out, in], scaled by fan-in
+                p.copy_(noise / p.shape[-1] ** 0.5)
+    return model.to(device).eval()
+
+
+def llama_hypothesis(n_claims: int) -> scrub.Hypothesis:
+    """`common.make_hypothesis` with ``PosEmbed()`` claims read as ``Embed()`` (no positional component)."""
+    h = scrub.Hypothesis(f"bench-{n_claims}-claims-llama")
+    claims = {"output": h.output()}
+    for label, component, feature, parent, port, positions in common._SPECS[:n_claims]:
+        component = scrub.Embed() if isinstance(component, scrub.PosEmbed) else component
+        into = claims[parent] if port == "in" else (claims[parent], port)
+        claims[label] = h.claim(component, feature, into=into, positions=positions, name=label)
+    return h
+
+
+def llama_family(args, data, scored) -> float:
+    """(c): the leave-one-out family on the Llama-shaped model; returns family / clean forward."""
+    model = make_llama(args.d_model, args.vocab, args.n_ctx, args.seed, args.device)
+    c = model.config
+    print(
+        f"\n(c) model: Llama-shaped LlamaForCausalLM, random weights: {c.num_hidden_layers} layers x "
+        f"{c.num_attention_heads} query heads / {c.num_key_value_heads} key-value heads, d_model {c.hidden_size}, "
+        f"d_head {c.head_dim}, SwiGLU d_mlp {c.intermediate_size}, RMSNorm, rotary, vocab {c.vocab_size}, "
+        f"{c._attn_implementation} attention"
+    )
+    h = llama_hypothesis(args.claims)
+    features = FeatureCache(data)
+    t0 = time.perf_counter()
+    family = [scrub.plan(v, data, args.seed, model=model, features=features) for v in common.leave_one_out(h)]
+    check_rows = torch.arange(min(args.llama_check_rows, args.rows), device=data.device)
+    small = scrub.plan(h, data, args.seed, model=model, features=features, reference=check_rows)
+    t_plan = time.perf_counter() - t0
+    batched = BatchedEngine(model, data, memory_budget_mb=args.memory_budget_mb, device=args.device)
+    view, tokens, r = batched.view, data.tokens, args.repeats
+    with torch.no_grad():
+        ref_logits = ReferenceEngine(model, data).run(small)[:, scored]
+        err = (batched.run(small, positions=scored) - ref_logits).abs().max().item()
+        t_clean_view, clean = common.timed(lambda: view.forward(tokens), r)
+        t_clean_hf, clean_hf = common.timed(lambda: model(tokens).logits, r)
+        clean_err = (clean - clean_hf).abs().max().item()
+        t_fam, fam_logits = common.timed(lambda: batched.run_many(family, positions=scored), r)
+        fam_err = (fam_logits[0] - batched.run(family[0])[:, scored]).abs().max().item()
+    print(
+        f"(c) planning {len(family) + 1} schedules: {common.fmt_s(t_plan)} | check: max |batched - reference| "
+        f"logits {err:.2e} ({len(check_rows)} rows, scored positions); pruned run_many vs unpruned run "
+        f"{fam_err:.2e}; |ModelView.forward - LlamaForCausalLM| {clean_err:.2e}"
+    )
+    print(f"{'(c) %d rows: clean forward, ModelView.forward' % args.rows:62s} {common.fmt_s(t_clean_view):>10s}")
+    print(f"{'(c) %d rows: clean forward, LlamaForCausalLM' % args.rows:62s} {common.fmt_s(t_clean_hf):>10s}")
+    print(f"{'(c) %d rows: family of %d, one run_many call' % (args.rows, len(family)):62s} {common.fmt_s(t_fam):>10s}")
+    ratio = t_fam / t_clean_view
+    print(f"(c) family run_many / clean forward (ModelView): {ratio:7.1f}x   goal <= {GOAL_FAMILY:g}x: {common.verdict(ratio <= GOAL_FAMILY)}")
+    print(f"    family run_many / clean forward (HF):        {t_fam / t_clean_hf:7.1f}x")
+    sys.stdout.flush()
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        with torch.no_grad():
+            prof.enable()
+            batched.run_many(family, positions=scored)
+            prof.disable()
+        print("\n---- cProfile: (c) Llama-shaped family run_many (tottime, top 25) ----")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return ratio
 
 
 if __name__ == "__main__":

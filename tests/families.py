@@ -1,15 +1,21 @@
-"""Tiny random HuggingFace causal LMs of every family the model view reads, built offline.
+"""Tiny random HuggingFace causal LMs of every family scrub reads, built offline: the tests' one factory.
 
 ``make_hf_model(family, seed)`` builds a 2-3 layer model from a small config of the family's own
-``transformers`` config class (eager attention) and re-draws EVERY parameter (weights, biases,
-norm gains and shifts, embeddings) from a ``torch.Generator`` seeded with ``seed``; the
-constructor's own initialisation runs under ``torch.random.fork_rng`` so the global RNG is left
-as it was. Each config switches on what makes its family different (partial rotary, grouped-
-and multi-query attention, biases, sliding windows shorter than the test sequences, soft caps
-small enough to bite), so a view that ignored one of them would not match the model.
+``transformers`` config class (eager attention), in the dtype asked for (built in it, not cast
+after, so float buffers such as rotary frequencies stay as the family keeps them, exactly as when
+a checkpoint is loaded back), and re-draws EVERY parameter (weights, biases, norm gains and
+shifts, embeddings) from a ``torch.Generator`` seeded with ``seed`` (HF initialises biases to
+zero and norms to one, which would hide mistakes); the constructor's own initialisation runs
+under ``torch.random.fork_rng`` so the global RNG is left as it was. Each config switches on what
+makes its family different (partial rotary, grouped- and multi-query attention, biases, sliding
+windows shorter than the test sequences, soft caps small enough to bite, heads wider than
+``d_model / n_heads``), so a view or an engine that ignored one of them would not match the model.
 
 ``FAMILIES`` lists the names ``make_hf_model`` accepts (``"gpt_neox_sequential"`` is GPT-NeoX
-with ``use_parallel_residual=False``). ``random_tokens(model, n_rows, n_pos, seed)`` draws tokens.
+with ``use_parallel_residual=False``; ``"gemma_wide_heads"`` is Gemma with ``n_heads * head_dim
+!= d_model``, as in Gemma-7B); ``SCRUBBABLE`` those whose heads decompose (all but Gemma-2, whose
+post-norms the engines refuse). ``random_tokens(model, n_rows, n_pos, seed)`` draws tokens;
+``hf_writers(model)`` lists the components that write into the residual stream.
 """
 
 from __future__ import annotations
@@ -93,6 +99,10 @@ def _gemma(**kw: Any):
     return GemmaForCausalLM, GemmaConfig(**{**cfg, **kw})
 
 
+def _gemma_wide_heads(**kw: Any):
+    return _gemma(**{"num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 48, **kw})
+
+
 def _gemma2(**kw: Any):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -114,11 +124,14 @@ _BUILDERS: dict[str, Callable[..., Any]] = {
     "mistral": _mistral,
     "qwen2": _qwen2,
     "gemma": _gemma,
+    "gemma_wide_heads": _gemma_wide_heads,
     "gemma2": _gemma2,
 }
 
 #: Every name `make_hf_model` accepts.
 FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
+#: The families the scrubbing engines accept (Gemma-2's post-norms do not decompose into heads).
+SCRUBBABLE: tuple[str, ...] = tuple(f for f in FAMILIES if f != "gemma2")
 
 
 def randomize_hf(model: Any, seed: int) -> Any:
@@ -165,12 +178,25 @@ def make_hf_model(
     cls, config = _BUILDERS[family](**overrides)
     config._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):
-        model = cls(config)
+        model = cls._from_config(config, dtype=dtype)
+    if next(model.parameters()).dtype != dtype:
+        raise ValueError(f"{family}: built in {next(model.parameters()).dtype}, not {dtype}")
     randomize_hf(model, seed)
-    return model.to(dtype).eval()
+    return model.eval()
 
 
 def random_tokens(model: Any, n_rows: int = 3, n_pos: int = 10, seed: int = 0) -> torch.Tensor:
     """Seeded random token ids ``[n_rows, n_pos]`` in the model's vocabulary."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.config.vocab_size, (n_rows, n_pos), generator=g)
+
+
+def hf_writers(model: Any) -> list:
+    """Every component that writes into the residual stream of a HuggingFace ``model``."""
+    from scrub import MLP, Embed, Head, PosEmbed
+
+    c = model.config
+    out = [Embed()] + ([PosEmbed()] if c.model_type == "gpt2" else [])
+    for layer in range(c.num_hidden_layers):
+        out += [Head(layer, h) for h in range(c.num_attention_heads)] + [MLP(layer)]
+    return out

@@ -64,7 +64,12 @@ import json  # noqa: E402
 from scrub.errors import CheckpointError  # noqa: E402
 from scrub.model.loaders import model_limits  # noqa: E402
 
-from hf_models import make_hf  # noqa: E402
+from families import make_hf_model  # noqa: E402
+
+
+def make_hf(family: str, **kwargs):
+    """The shared factory's model with a 10-token vocabulary (the tokenizers below have 10 words)."""
+    return make_hf_model(family, vocab_size=10, **kwargs)
 
 TOKENS = torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(4))
 

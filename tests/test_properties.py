@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scrub import EXACT, MLP, Embed, Feature, Head, Hypothesis, PosEmbed, plan
-from scrub.components import ports_of, stage
+from scrub.components import is_upstream, ports_of, stage
 from scrub.engine import ReferenceEngine
 from scrub.metrics import cross_entropy
 from scrub.plan import FeatureCache
@@ -60,9 +60,22 @@ def upstream_of(component) -> list:
     return [w for w in WRITERS if stage(w, N_LAYERS) < s]
 
 
+def upstream_in(writers: list, n_layers: int, parallel_blocks: bool = False):
+    """``upstream_of`` for another model: its ``writers``; with parallel blocks a head of layer
+    ``l`` is not upstream of MLP ``l``."""
+
+    def upstream(component) -> list:
+        return [w for w in writers if is_upstream(w, component, n_layers, parallel_blocks)]
+
+    return upstream
+
+
 @st.composite
-def random_hypotheses(draw) -> Hypothesis:
-    """Random heads/MLPs/embeddings on q/k/v/in ports, mixed features, positions, shared claims."""
+def random_hypotheses(draw, upstream=upstream_of, n_pos: int = N_POS) -> Hypothesis:
+    """Random heads/MLPs/embeddings on q/k/v/in ports, mixed features, positions, shared claims.
+
+    ``upstream(component)`` lists the components that may feed ``component`` (default: the
+    module's small model; `upstream_in` builds one for another model)."""
     h = Hypothesis("random")
     out = h.output()
     claims = []
@@ -73,7 +86,7 @@ def random_hypotheses(draw) -> Hypothesis:
         n_children = draw(st.integers(1, 3 if depth == 0 else 2))
         for _ in range(n_children):
             port = draw(st.sampled_from(ports))
-            component = draw(st.sampled_from(upstream_of(parent.component)))
+            component = draw(st.sampled_from(upstream(parent.component)))
             into = [(parent, port)]
             others = [p for p in ports if p != port]
             if others and draw(st.integers(0, 3)) == 0:  # feeds two ports of a head
@@ -85,7 +98,7 @@ def random_hypotheses(draw) -> Hypothesis:
             expand = bool(ports_of(component)) and depth < 3 and draw(st.booleans())
             choices = PER_EXAMPLE if (expand and per_position_above) else PER_EXAMPLE + PER_POSITION
             feature = draw(st.sampled_from(choices))
-            positions = draw(st.one_of(st.none(), st.none(), st.none(), st.sets(st.integers(0, N_POS - 1), min_size=1, max_size=3)))
+            positions = draw(st.one_of(st.none(), st.none(), st.none(), st.sets(st.integers(0, n_pos - 1), min_size=1, max_size=3)))
             claim = h.claim(component, feature, into=into, positions=positions)
             claims.append(claim)
             if expand:
@@ -95,7 +108,7 @@ def random_hypotheses(draw) -> Hypothesis:
     # occasionally, a claim feeds a second port or parent (treeified per path)
     if claims and draw(st.booleans()):
         child = draw(st.sampled_from(claims))
-        parents = [c for c in [out] + claims if stage(c.component, N_LAYERS) > stage(child.component, N_LAYERS)]
+        parents = [c for c in [out] + claims if child.component in upstream(c.component)]
         parent = draw(st.sampled_from(parents))
         port = draw(st.sampled_from(ports_of(parent.component)))
         if (parent.index, port, child.component) not in used and not _per_position_nesting(h, child, parent):
@@ -110,15 +123,16 @@ def _per_position_nesting(h: Hypothesis, child, parent) -> bool:
 
 
 @st.composite
-def complete_hypotheses(draw) -> Hypothesis:
-    """The output and up to two expanded claims read every upstream component through every port."""
+def complete_hypotheses(draw, upstream=upstream_of) -> Hypothesis:
+    """The output and up to two expanded claims read every upstream component through every port
+    (``upstream``: as for `random_hypotheses`)."""
     h = Hypothesis("complete")
     out = h.output()
     budget = [2]
 
     def fill(parent, depth: int) -> None:
         for port in ports_of(parent.component):
-            for component in upstream_of(parent.component):
+            for component in upstream(parent.component):
                 expand = bool(ports_of(component)) and depth < 2 and budget[0] > 0 and draw(
                     st.integers(0, 5)) == 0
                 claim = h.claim(component, draw(st.sampled_from(PINNING)), into=(parent, port))

@@ -34,11 +34,12 @@ from torch import Tensor
 
 from scrub.components import MLP, Component, Head, Output
 from scrub.data import Dataset
+from scrub.engine.backends.base import check_component
 from scrub.engine.cache import CleanCache, Key, cache_bytes, distinct_rows, output_key, port_key
 from scrub.engine.positions import Positions, asked_positions, node_positions, port_positions
 from scrub.engine.shared import representatives
 from scrub.errors import ScheduleError
-from scrub.model import ModelView
+from scrub.model import ModelView, config_from_model, require_decomposable
 from scrub.plan import Schedule, ScheduleNode
 
 __all__ = ["BatchedEngine"]
@@ -54,7 +55,10 @@ class BatchedEngine:
     """Executes many schedules over one model and dataset, sharing one clean pass per chunk.
 
     Args:
-        model: a TransformerLens ``HookedTransformer`` (read into a `ModelView`) or a ModelView.
+        model: a TransformerLens ``HookedTransformer`` or a HuggingFace causal LM of a supported
+            family (read with `ModelView.from_model`, in the model's own dtype), or a ModelView.
+            A model whose heads do not write to the residual stream one by one (Gemma-2's
+            post-norms) is refused with `UnsupportedModelError` here, before any forward pass.
         data: the dataset every schedule indexes into.
         memory_budget_mb: a rough bound on the engine's working memory: 60% holds the clean cache
             and 30% the node values of one chunk of reference rows, 10% one sub-batch of the
@@ -67,7 +71,12 @@ class BatchedEngine:
     group_by_query_count = False  # benchmark switch: one attention call per distinct query count
 
     def __init__(self, model, data: Dataset, *, memory_budget_mb: float = 4096, device=None) -> None:
-        view = model if isinstance(model, ModelView) else ModelView.from_hooked(model)
+        if isinstance(model, ModelView):
+            view = model
+        else:
+            require_decomposable(config_from_model(model))  # refused before any weight is copied
+            view = ModelView.from_model(model)
+        require_decomposable(view.config)
         if device is not None:
             view = view.to(device)
         self.view = view
@@ -110,6 +119,7 @@ class BatchedEngine:
                     f"run_many(): schedules must share their reference rows; {s.hypothesis!r} has "
                     f"{s.n_rows}, the first has {n}"
                 )
+        self._check_components(schedules)
         wanted = self._wanted(positions)
         needed = self._needed(schedules, wanted)
         needs, rows = self._cache_needs(schedules, needed)
@@ -159,6 +169,15 @@ class BatchedEngine:
         per_row += len(schedules) * len(wanted) * c.d_vocab_out  # the logits
         per_row *= self.view.dtype.itemsize
         return max(1, min(schedules[0].n_rows, int(available // per_row)))
+
+    def _check_components(self, schedules: Sequence[Schedule]) -> None:
+        """Refuse a component the model lacks (before any forward pass), as the reference engine does."""
+        c = self.view.config
+        seen = {node.component for s in schedules for node in s.root.walk()}
+        for component in seen:
+            check_component(
+                component, c.n_layers, c.n_heads, not c.attn_only, c.positional == "standard", f"the {c.family} model"
+            )
 
     # ---- planning what to compute -------------------------------------------------------------
 

@@ -58,9 +58,22 @@ def check_component(component: Component, shape: ModelShape) -> None:
             raise ComponentError(f"{component}: the model is attention-only and has no MLPs")
         if component.layer >= shape.n_layers:
             raise ComponentError(f"{component}: the model has {shape.n_layers} layers (MLP(0..{shape.n_layers - 1}))")
-    elif isinstance(component, PosEmbed) and shape.shortformer:
+    elif isinstance(component, PosEmbed) and not shape.has_pos_embed:
+        why = _NO_POS_EMBED.get(shape.positional, "which are not added to the residual stream")
         raise ComponentError(
-            "PosEmbed: this model uses shortformer positions, which are added inside each "
-            "attention layer, not to the residual stream; they are the same for every input, "
-            "so there is nothing to claim (drop the PosEmbed claim)"
+            f"PosEmbed: this model uses {shape.positional} positions, {why} (rule: PosEmbed() is the "
+            f"learned positional embedding added to the residual stream; offender: the PosEmbed() "
+            f"claim); fix: drop the PosEmbed claim"
         )
+
+
+_NO_POS_EMBED = {
+    "shortformer": (
+        "which are added inside each attention layer, not to the residual stream; they are the "
+        "same for every input, so there is nothing to claim"
+    ),
+    "rotary": (
+        "which rotate each head's queries and keys and add nothing to the residual stream (a "
+        "head's use of position is part of the head)"
+    ),
+}
