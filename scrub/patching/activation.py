@@ -100,19 +100,23 @@ def patched_metrics(
     read = torch.tensor(inputs.read_positions(), device=view.device)
     p_end = int(read.max()) if view.config.causal else data.n_pos - 1
     out = torch.empty(len(cells), n, dtype=torch.float64)
-    groups: dict[tuple, list[int]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
     for i, site in enumerate(cells):
         layer, stage, p0 = _start(view, site, p_end)
         if p0 > p_end:  # a causal model: nothing the metric reads can see this patch
             out[i] = passes.base_metric
             continue
-        groups[(layer, stage, p0)].append(i)
+        groups[(layer, stage)].append((p0, i))
+    # cells that resume at one layer share calls; a call starts at the first position any of its
+    # cells patches (few cells per call: near their own position; many: from 0, all heads at once)
     per_call = max(1, batch_rows // n)
     all_rows = torch.arange(n, device=view.device)
     with torch.no_grad():
-        for (layer, stage, p0), members in groups.items():
+        for (layer, stage), members in groups.items():
+            members.sort()
             for chunk_start in range(0, len(members), per_call):
-                chunk = members[chunk_start : chunk_start + per_call]
+                p0 = members[chunk_start][0]
+                chunk = [i for _, i in members[chunk_start : chunk_start + per_call]]
                 rows = all_rows.repeat(len(chunk))  # [c*n]
                 x = torch.cat([_patched_stream(view, passes, cells[i], all_rows, p0, p_end) for i in chunk])
                 here = read[read >= p0]  # earlier positions cannot see the patch (causal)

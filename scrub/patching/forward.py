@@ -57,6 +57,10 @@ def head_block(
     values before ``p0`` come from ``base`` rows ``rows``. ``fixed[h]`` replaces head ``h``'s
     output (``[b, len, d]``, at the positions of ``x``)."""
     n_x = x.shape[1]
+    if p0 == 0 and not fixed:  # every position: one call for every head
+        heads = view.all_heads(layer, x, x, x)  # [b, len, H, d]
+        total = heads.sum(2) + view.attn_bias(layer)  # [b, len, d]
+        return total if q_index is None else total[:, q_index]
     positions = torch.arange(p0, p0 + n_x, device=view.device)  # [len]
     q_pos = positions if q_index is None else positions[q_index]  # [q]
     x_q = x if q_index is None else x[:, q_index]  # [b, q, d]
