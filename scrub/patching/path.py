@@ -190,4 +190,4 @@ def path_patch(
         for start in range(0, len(sites), per_call):
             chunk = sites[start : start + per_call]
             values[start : start + len(chunk)] = _run_chunk(inputs, passes, chunk, resolved, read).reshape(len(chunk), n).cpu()
-    return build_result("path", inputs, sites, values, passes.clean_metric, passes.corrupt_metric, receiver=_label(resolved))
+    return build_result("path", inputs, sites, values, passes.clean_metric, passes.corrupt_metric, receiver=_label(resolved), receivers=tuple(resolved))

@@ -56,7 +56,9 @@ class PatchingResult:
         n_rows: rows scored (over every seed).
         n_layers, n_heads, n_pos: the model's and the data's sizes (for the heatmaps).
         corrupted_by: how the corrupted rows were made.
-        receiver: for path patching, the receiver(s) the senders were patched into.
+        receiver: for path patching, the receiver(s) the senders were patched into (a label).
+        receivers: for path patching, the receivers as ``(Head, port)``, ``(MLP, "in")`` or
+            ``("logits", "")``.
         agreement: for attribution patching asked to compare, its agreement with exact
             activation patching (see `agreement`).
     """
@@ -77,6 +79,7 @@ class PatchingResult:
     corrupted_by: str
     receiver: Optional[str] = None
     agreement: Optional[dict] = None
+    receivers: tuple = ()
 
     @property
     def importance(self) -> Tensor:
@@ -170,6 +173,7 @@ def build_result(
     corrupt: Tensor,
     receiver: Optional[str] = None,
     agreement: Optional[dict] = None,
+    receivers: tuple = (),
 ) -> PatchingResult:
     """A result from per-cell, per-row patched metric values ``[cells, n]``."""
     clean, corrupt = clean.double().cpu(), corrupt.double().cpu()
@@ -192,6 +196,7 @@ def build_result(
         corrupted_by=inputs.described,
         receiver=receiver,
         agreement=agreement,
+        receivers=tuple(receivers),
     )
 
 
