@@ -170,3 +170,53 @@ def test_result_renders(mlp_model):
 
     assert json.loads(result.to_json())["direction"] == "denoise"
     assert result[result.sites[0]] == pytest.approx(float(result.effect[0]))
+
+
+# ---- bad input: a ScrubError naming the rule, the offender and the fix, before any forward pass
+
+
+@pytest.fixture
+def no_forward(monkeypatch):
+    from scrub.patching import activation as act_module
+
+    monkeypatch.setattr(act_module.Passes, "__init__", lambda *a, **k: pytest.fail("ran a forward pass"))
+
+
+def _bad_cases(attn_model):
+    from scrub.data import Dataset
+
+    data = random_dataset(n=8)
+    other = random_dataset(n=8, seed=7)
+    shorter = random_dataset(n=8, pos=5, seed=7)
+    moved = Dataset(tokens=other.tokens, targets=other.targets, loss_mask=torch.roll(other.loss_mask, 1, 1), name="moved")
+    big_vocab = Dataset(tokens=other.tokens + 50, targets=other.targets, loss_mask=other.loss_mask, name="other vocab")
+    return data, [
+        (dict(components="attention"), scrub.ComponentError, "unknown component family"),
+        (dict(components=Head(0, 9)), scrub.ComponentError, "does not exist"),
+        (dict(components=Head(4, 0)), scrub.ComponentError, "does not exist"),
+        (dict(components=MLP(0)), scrub.ComponentError, "attention-only"),
+        (dict(components="mlp"), scrub.ComponentError, "attention-only"),
+        (dict(components=(Head(0, 0), "o")), scrub.ComponentError, "port"),
+        (dict(components=[]), scrub.ComponentError, "empty"),
+        (dict(positions=[0, 7]), scrub.DatasetError, "outside the context"),
+        (dict(positions="every"), scrub.DatasetError, "'all', 'each'"),
+        (dict(direction="forward"), scrub.ScrubError, "denoise"),
+        (dict(corrupt="shuffle"), scrub.DatasetError, "neither|paired rows"),
+        (dict(corrupt=shorter), scrub.DatasetError, "one for one"),
+        (dict(corrupt=moved), scrub.DatasetError, "same positions"),
+        (dict(corrupt=big_vocab), scrub.DatasetError, "vocabulary"),
+        (dict(corrupt=Feature.token()), scrub.FeatureError, "per position"),
+        (dict(corrupt=other, seeds=[0, 1]), scrub.ScrubError, "one seed"),
+        (dict(corrupt=None), scrub.DatasetError, "carries no corrupted rows"),
+        (dict(metric="perplexity"), scrub.MetricError, "unknown metric"),
+        (dict(batch_rows=0), scrub.ScrubError, "batch_rows"),
+    ], other
+
+
+def test_bad_arguments_are_refused_before_any_forward_pass(attn_model, no_forward):
+    data, cases, other = _bad_cases(attn_model)
+    for overrides, error, words in cases:
+        kw = dict(components="heads", corrupt=other)
+        kw.update(overrides)
+        with pytest.raises(error, match=words):
+            activation_patch(attn_model, data, **kw)

@@ -10,8 +10,22 @@ This package sits above the engine and `scrub.api`; nothing below imports it.
 """
 
 from scrub.patching.activation import activation_patch
+from scrub.patching.attribution import attribution_patch
 from scrub.patching.inputs import CORRUPT_KEY, paired
+from scrub.patching.path import path_patch
+from scrub.patching.propose import as_code, propose
 from scrub.patching.result import PatchingResult, agreement
 from scrub.patching.sites import Site
 
-__all__ = ["activation_patch", "paired", "CORRUPT_KEY", "PatchingResult", "agreement", "Site"]
+__all__ = [
+    "activation_patch",
+    "path_patch",
+    "attribution_patch",
+    "propose",
+    "as_code",
+    "paired",
+    "CORRUPT_KEY",
+    "PatchingResult",
+    "agreement",
+    "Site",
+]

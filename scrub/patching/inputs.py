@@ -154,6 +154,12 @@ def prepare(model: Any, data: Any, corrupt: Any, metric: Any, direction: Any, se
     seeds = _seeds(seeds)
     view = view_of(model)
     _check_fits(view, data.tokens, f"dataset {data.name!r}")
+    scored = data.targets[data.loss_mask]
+    if int(scored.min()) < 0 or int(scored.max()) >= view.config.d_vocab_out:
+        raise DatasetError(
+            f"dataset {data.name!r} has scored targets in [{int(scored.min())}, {int(scored.max())}] outside "
+            f"the model's outputs 0..{view.config.d_vocab_out - 1}; tokenise the answers for this model"
+        )
     resolved = _metric(metric, data)
     if resolved is None:
         raise MetricError(f"metric={metric!r} is not a metric; pass a name, a scrub Metric or a callable")

@@ -11,12 +11,12 @@ import html as _html
 import io
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 import torch
 
-if TYPE_CHECKING:
-    from scrub.patching.result import PatchingResult
+# the result's type is `scrub.patching.result.PatchingResult`, which imports this module lazily
+PatchingResult = Any
 
 __all__ = ["table", "html", "heatmaps"]
 
@@ -30,7 +30,7 @@ def _fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:+.3f}"
 
 
-def table(result: "PatchingResult", limit: int = 30) -> str:
+def table(result: PatchingResult, limit: int = 30) -> str:
     """The header and the ``limit`` most important cells, one per line."""
     lines = [
         f"{result.method} patching ({result.direction}), metric {result.metric}, {result.n_rows} rows, "
@@ -52,7 +52,7 @@ def table(result: "PatchingResult", limit: int = 30) -> str:
     return "\n".join(lines)
 
 
-def _matrices(result: "PatchingResult") -> list[tuple[str, list[str], list[str], torch.Tensor]]:
+def _matrices(result: PatchingResult) -> list[tuple[str, list[str], list[str], torch.Tensor]]:
     """``(title, row labels, column labels, values)`` for each heatmap."""
     by_kind: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(result.sites):
@@ -107,13 +107,13 @@ def _svg(title: str, rows: list[str], cols: list[str], values: torch.Tensor, cen
     return text[text.index("<svg"):]
 
 
-def heatmaps(result: "PatchingResult") -> list[str]:
+def heatmaps(result: PatchingResult) -> list[str]:
     """One inline SVG string per heatmap."""
     centre = 0.0 if result.direction == "denoise" else 1.0
     return [_svg(*m, centre=centre) for m in _matrices(result)]
 
 
-def html(result: "PatchingResult", title: Optional[str] = None) -> str:
+def html(result: PatchingResult, title: Optional[str] = None) -> str:
     title = title or f"{result.method} patching ({result.direction}), {result.metric}"
     esc = _html.escape
     rows = "".join(
