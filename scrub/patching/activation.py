@@ -46,6 +46,42 @@ def score(metric: Metric, logits: Tensor, batch: Dataset, clean_logits: Optional
     return metric(logits, batch, clean_logits if metric.needs_clean else None)
 
 
+def columns(data: Dataset, read: Tensor) -> Dataset:
+    """``data`` restricted to the positions ``read`` (tokens, targets, mask, per-position extras)."""
+    idx = read.to(data.device)
+    extras = {k: (v[:, idx] if v.ndim >= 2 and v.shape[1] == data.n_pos else v) for k, v in data.extras.items()}
+    return Dataset(tokens=data.tokens[:, idx], targets=data.targets[:, idx], loss_mask=data.loss_mask[:, idx],
+                   name=data.name, extras=extras)
+
+
+def _score_at(inputs: Inputs, passes: Passes, rows: Tensor, read: Tensor, later: Tensor, logits: Tensor) -> Tensor:
+    """The metric on the base run's logits at ``read`` with those at ``read[later]`` replaced by
+    ``logits``. A metric that reads the scored positions only sees just those columns."""
+    metric, data = inputs.metric, inputs.data
+    if metric.reads == "scored":  # only the read columns: [b, r, v]
+        full = passes.base.logits[rows[:, None], read[None, :]]  # [b, r, v]
+        full[:, later] = logits
+        batch = columns(data.rows(rows.cpu()), read)
+        clean = passes.clean_logits[rows[:, None], read[None, :]] if metric.needs_clean else None
+    else:
+        full = passes.base.logits[rows]  # [b, p, v]
+        full[:, read[later]] = logits
+        batch = data.rows(rows.cpu())
+        clean = passes.clean_logits[rows] if metric.needs_clean else None
+    return score(metric, full, batch, clean)
+
+
+def _mlp_at(view: ModelView, base: CleanPass, rows: Tensor, layer: int, x: Tensor, p0: int, p_end: int, at: Tensor) -> Tensor:
+    """The stream after ``layer``'s MLP when the stream before it, ``x`` (positions
+    ``p0..p_end``), differs from the base run only at position ``at[i]`` of row ``i``."""
+    b = torch.arange(x.shape[0], device=view.device)
+    mid = x[b, at - p0]  # [b, d]
+    new_out = view.mlp(layer, mid[:, None])[:, 0]  # [b, d]
+    out = after_layer(view, base, layer)[rows, p0 : p_end + 1].clone()  # [b, n, d]
+    out[b, at - p0] = mid + new_out
+    return out
+
+
 def _start(view: ModelView, site: Site, p_end: int) -> tuple[int, str, int]:
     """Where a patch of ``site`` starts the recomputation: (layer, stage, first position)."""
     p0 = 0 if site.position is None or not view.config.causal else site.position
@@ -91,6 +127,29 @@ def _patched_stream(view: ModelView, passes: Passes, site: Site, rows: Tensor, p
     return after_attention(view, base, layer)[rows, sl] + delta
 
 
+MIN_ROWS = 256  # a call with fewer rows than this takes in the cells of the next positions too
+
+
+def _chunks(members: list[tuple[int, int]], n: int, batch_rows: int):
+    """``(p0, cells)`` per batched call: cells sorted by first position; a call holds at most
+    ``batch_rows`` rows, starts at its first cell's position, and takes in cells of later
+    positions only while it holds fewer than `MIN_ROWS` rows (recomputing a few positions
+    that did not change is cheaper than a small call)."""
+    per_call = max(1, batch_rows // n)
+    chunk: list[int] = []
+    p0 = 0
+    for start, i in members:
+        full = len(chunk) >= per_call or (start != p0 and len(chunk) * n >= MIN_ROWS)
+        if chunk and full:
+            yield p0, chunk
+            chunk = []
+        if not chunk:
+            p0 = start
+        chunk.append(i)
+    if chunk:
+        yield p0, chunk
+
+
 def patched_metrics(
     inputs: Inputs, passes: Passes, cells: Sequence[Site], batch_rows: int = 4096
 ) -> Tensor:
@@ -106,26 +165,22 @@ def patched_metrics(
         if p0 > p_end:  # a causal model: nothing the metric reads can see this patch
             out[i] = passes.base_metric
             continue
-        groups[(layer, stage)].append((p0, i))
-    # cells that resume at one layer share calls; a call starts at the first position any of its
-    # cells patches (few cells per call: near their own position; many: from 0, all heads at once)
-    per_call = max(1, batch_rows // n)
+        single = stage == "mid" and site.kind in ("head", "q") and site.position is not None
+        groups[(layer, stage, single and not view.config.attn_only)].append((p0, i))
     all_rows = torch.arange(n, device=view.device)
     with torch.no_grad():
-        for (layer, stage), members in groups.items():
-            members.sort()
-            for chunk_start in range(0, len(members), per_call):
-                p0 = members[chunk_start][0]
-                chunk = [i for _, i in members[chunk_start : chunk_start + per_call]]
+        for (layer, stage, single), members in groups.items():
+            for p0, chunk in _chunks(sorted(members), n, batch_rows):
                 rows = all_rows.repeat(len(chunk))  # [c*n]
                 x = torch.cat([_patched_stream(view, passes, cells[i], all_rows, p0, p_end) for i in chunk])
-                here = read[read >= p0]  # earlier positions cannot see the patch (causal)
-                logits = resume(view, passes.base, rows, layer, stage, x, p0, here)  # [c*n, r, v]
-                full = passes.base.logits[rows]  # [c*n, p, v] the unpatched logits elsewhere
-                full[:, here] = logits
-                batch = data.rows(rows.cpu())
-                clean = passes.clean_logits[rows] if inputs.metric.needs_clean else None
-                values = score(inputs.metric, full, batch, clean)
+                if single:  # the head's output changed at one position: the MLP runs there only
+                    at = torch.tensor([cells[i].position for i in chunk], device=view.device).repeat_interleave(n)
+                    x, stage_now = _mlp_at(view, passes.base, rows, layer, x, p0, p_end, at), "post"
+                else:
+                    stage_now = stage
+                later = read >= p0  # earlier positions cannot see the patch (causal)
+                logits = resume(view, passes.base, rows, layer, stage_now, x, p0, read[later])  # [c*n, r', v]
+                values = _score_at(inputs, passes, rows, read, later, logits)
                 out[chunk] = values.reshape(len(chunk), n).cpu()
     return out
 

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from scrub.model import CleanPass, ModelView
+from scrub.model import CleanPass, ModelView, attention
 
 __all__ = ["resume", "after_attention", "after_layer", "head_block"]
 
@@ -42,6 +42,38 @@ def after_layer(view: ModelView, base: CleanPass, layer: int) -> Tensor:
     return base.resid_final
 
 
+# The layer's pieces (`scrub.model.attention`): every head in one matmul per port, the sum over
+# heads in one matmul through W_O. Without them, the per-head public functions below are used.
+_FAST = all(hasattr(attention, f) for f in ("with_positions", "project", "mix")) and hasattr(ModelView, "_ln1")
+
+
+def _fast(view: ModelView) -> bool:
+    """Whether the all-heads path applies: the attention pieces exist, learned or shortformer
+    positions, as many key/value heads as query heads."""
+    cfg = view.config
+    kv_heads = getattr(cfg, "n_key_value_heads", None)
+    return _FAST and cfg.positional in ("standard", "shortformer") and kv_heads in (None, cfg.n_heads)
+
+
+def _all_heads(view: ModelView, base: CleanPass, rows: Tensor, layer: int, x: Tensor, p0: int, q_index: Optional[Tensor]) -> Tensor:
+    """`head_block` for every head at once, summed over heads (plus ``b_O``)."""
+    n_x = x.shape[1]
+    positions = torch.arange(p0, p0 + n_x, device=view.device)  # [len]
+    x_n = view._ln1(layer, x)  # [b, len, d] one LayerNorm for the three ports
+    q_in = x_n if q_index is None else x_n[:, q_index]  # [b, q, d]
+    q_pos = positions if q_index is None else positions[q_index]  # [q]
+    heads = slice(None)
+    q = attention.project(view, layer, heads, "q", attention.with_positions(view, "q", q_in, q_pos))  # [b, H, q, e]
+    k = attention.project(view, layer, heads, "k", attention.with_positions(view, "k", x_n, positions))  # [b, H, len, e]
+    v = attention.project(view, layer, heads, "v", x_n)  # [b, H, len, e]
+    if p0 > 0:
+        k = torch.cat([base.head_k[layer][rows, :p0].transpose(1, 2), k], dim=2)  # [b, H, p0+len, e]
+        v = torch.cat([base.head_v[layer][rows, :p0].transpose(1, 2), v], dim=2)  # [b, H, p0+len, e]
+    z = attention.mix(view, layer, q, k, v, q_pos)  # [b, H, q, e]
+    out = z.transpose(1, 2).flatten(2) @ view.W_O[layer].flatten(0, 1)  # [b, q, d]
+    return out + view.attn_bias(layer)
+
+
 def head_block(
     view: ModelView,
     base: CleanPass,
@@ -57,10 +89,8 @@ def head_block(
     values before ``p0`` come from ``base`` rows ``rows``. ``fixed[h]`` replaces head ``h``'s
     output (``[b, len, d]``, at the positions of ``x``)."""
     n_x = x.shape[1]
-    if p0 == 0 and not fixed:  # every position: one call for every head
-        heads = view.all_heads(layer, x, x, x)  # [b, len, H, d]
-        total = heads.sum(2) + view.attn_bias(layer)  # [b, len, d]
-        return total if q_index is None else total[:, q_index]
+    if not fixed and _fast(view):
+        return _all_heads(view, base, rows, layer, x, p0, q_index)
     positions = torch.arange(p0, p0 + n_x, device=view.device)  # [len]
     q_pos = positions if q_index is None else positions[q_index]  # [q]
     x_q = x if q_index is None else x[:, q_index]  # [b, q, d]
