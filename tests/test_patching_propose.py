@@ -74,3 +74,18 @@ def test_bad_proposals_are_refused(mlp_model):
         propose(result, threshold="high")
     with pytest.raises(ScrubError, match="passes threshold"):
         propose(result, threshold=1e9)
+
+
+@pytest.mark.slow
+def test_explore_writes_the_sweeps_and_proposes_the_induction_circuit(tmp_path):
+    from scrub.patching.explore import explore
+
+    model = scrub.zoo.load("induction-2l")
+    data = scrub.tasks.induction(n=96, seed=5)
+    found = explore(model, data, tmp_path, corrupt=Feature.any(), threshold=0.12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "denoise.html", "denoise.json", "noise.html", "noise.json", "paths.json", "proposed.py"]
+    edges = edges_of(found.proposal)
+    assert {(head, "out", "in") for head in INDUCTION} <= edges
+    assert {(Head(0, 3), head, "k") for head in INDUCTION} <= edges
+    assert "Head(0, 3)" in found.code

@@ -11,6 +11,7 @@ This package sits above the engine and `scrub.api`; nothing below imports it.
 
 from scrub.patching.activation import activation_patch
 from scrub.patching.attribution import attribution_patch
+from scrub.patching.explore import Exploration, explore
 from scrub.patching.inputs import CORRUPT_KEY, paired
 from scrub.patching.path import path_patch
 from scrub.patching.propose import as_code, propose
@@ -23,6 +24,8 @@ __all__ = [
     "attribution_patch",
     "propose",
     "as_code",
+    "explore",
+    "Exploration",
     "paired",
     "CORRUPT_KEY",
     "PatchingResult",
