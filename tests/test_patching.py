@@ -220,3 +220,31 @@ def test_bad_arguments_are_refused_before_any_forward_pass(attn_model, no_forwar
         kw.update(overrides)
         with pytest.raises(error, match=words):
             activation_patch(attn_model, data, **kw)
+
+
+# ---- property: any sweep equals the hook loop, and patching from the base run is the identity
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=5, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kinds=st.lists(st.sampled_from(["heads", "q", "k", "v", "mlp", "resid"]), min_size=1, max_size=3, unique=True),
+    positions=st.one_of(st.just("all"), st.lists(st.integers(0, 6), min_size=1, max_size=3, unique=True)),
+    direction=st.sampled_from(["denoise", "noise"]),
+    seed=st.integers(0, 50),
+)
+def test_property_any_sweep_matches_the_hook_loop(mlp_model, kinds, positions, direction, seed):
+    data = random_dataset(n=6, seed=seed)
+    corrupt = random_dataset(n=6, seed=seed + 100).tokens
+    check_against_loop(mlp_model, data, corrupt, kinds, direction, "cross_entropy", positions=positions)
+
+
+@settings(max_examples=4, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(["heads", "q", "k", "v", "mlp", "resid"]), min_size=1, max_size=6, unique=True),
+       seed=st.integers(0, 50))
+def test_property_patching_a_run_with_itself_changes_nothing(mlp_model, kinds, seed):
+    data = random_dataset(n=6, seed=seed)
+    result = activation_patch(mlp_model, data, kinds, corrupt=data.tokens, metric="target_logit", positions="each")
+    torch.testing.assert_close(result.patched, torch.full_like(result.patched, result.clean), rtol=1e-5, atol=1e-5)
