@@ -95,3 +95,18 @@ def test_non_differentiable_metric_is_refused_before_running(mlp_model, monkeypa
     data = random_dataset(n=4)
     with pytest.raises(MetricError, match="differentiable"):
         attribution_patch(mlp_model, data, corrupt=random_dataset(n=4, seed=7).tokens, metric="accuracy")
+
+
+def test_qk_fix_is_exact_where_only_the_softmax_is_nonlinear():
+    """No LayerNorm, attention only, last layer: after a head's output the metric is linear, so
+    AtP*'s q/k fix (exact attention, linearised output) equals activation patching, while the
+    plain estimate (linear through the softmax) does not."""
+    model = make_model(seed=3, attn_only=True, normalization_type=None)
+    data = random_dataset(n=12)
+    corrupt = random_dataset(n=12, seed=7).tokens
+    sites = [(scrub.Head(1, h), port) for h in range(3) for port in ("q", "k")]
+    fixed = attribution_patch(model, data, sites, corrupt=corrupt, metric="target_logit", positions="each", qk_fix=True)
+    plain = attribution_patch(model, data, sites, corrupt=corrupt, metric="target_logit", positions="each")
+    exact = activation_patch(model, data, sites, corrupt=corrupt, metric="target_logit", positions="each")
+    torch.testing.assert_close(fixed.effect, exact.effect, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain.effect, exact.effect, rtol=1e-3, atol=1e-3)

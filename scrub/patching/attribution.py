@@ -92,6 +92,27 @@ def _activation(passes: Passes, which: str, kind: str, layer: int) -> Tensor:
     }[kind][layer]
 
 
+def _head_change(view: ModelView, passes: Passes, site: Site) -> Tensor:
+    """The exact change of the head's output when its q or k vector takes the source value
+    (at ``site.position``, or everywhere): ``[n, p, d]``."""
+    base, src = passes.base, passes.source
+    layer, h = site.layer, site.head
+    vectors = {}
+    for port, b_store, s_store in (("q", base.head_q, src.head_q), ("k", base.head_k, src.head_k), ("v", base.head_v, src.head_v)):
+        value = b_store[layer][:, :, h]  # [n, p, e]
+        if port == site.kind:
+            patched = s_store[layer][:, :, h]
+            if site.position is None:
+                value = patched
+            else:
+                value = value.clone()
+                value[:, site.position] = patched[:, site.position]
+        vectors[port] = value
+    with torch.no_grad():
+        out = view.head_output(layer, h, vectors["q"], vectors["k"], vectors["v"])  # [n, p, d]
+    return out - base.head_out[layer][:, :, h]
+
+
 def attribution_patch(
     model: Any,
     data: Dataset,
@@ -103,19 +124,24 @@ def attribution_patch(
     positions: Any = "all",
     seeds: Any = (0,),
     compare: bool = False,
+    qk_fix: bool = False,
 ) -> PatchingResult:
     """First-order estimates of `activation_patch`'s effects for the same sweep.
 
-    Arguments as in `activation_patch`. With ``compare=True`` exact activation patching runs on the
-    same cells and `PatchingResult.agreement` holds the Pearson and rank correlation, the recall of
+    Arguments as in `activation_patch`. With ``qk_fix=True`` (AtP*'s query/key fix) a cell on a
+    head's ``q`` or ``k`` recomputes that head's attention exactly with the patched vector, and
+    only the head's output change is linearised: ``(out_patched - out_base) . d metric / d out``,
+    which removes the softmax saturation error. With ``compare=True`` exact activation patching
+    runs on the same cells and `PatchingResult.agreement` holds the Pearson and rank correlation, the recall of
     the exact top-k (k = 5, 10, 20) with the cells missed, and the largest disagreements.
 
     Raises:
         MetricError: a metric that is not differentiable (``accuracy``; a custom one is checked
             after the forward pass); and the errors of `activation_patch`.
     """
-    if not isinstance(compare, bool):
-        raise ScrubError(f"compare={compare!r}: pass True or False")
+    for flag, value in (("compare", compare), ("qk_fix", qk_fix)):
+        if not isinstance(value, bool):
+            raise ScrubError(f"{flag}={value!r}: pass True or False")
     inputs = prepare(model, data, corrupt, metric, direction, seeds)
     if inputs.metric.name in NOT_DIFFERENTIABLE:
         raise MetricError(
@@ -125,9 +151,15 @@ def attribution_patch(
     sites = resolve_sites(inputs.view, components)
     cells = expand(sites, resolve_positions(positions, data.n_pos))
     passes = Passes(inputs)
-    grads = gradients(inputs, {s.kind for s in cells})
+    kinds = {s.kind for s in cells} | ({"head"} if qk_fix else set())
+    grads = gradients(inputs, kinds)
     estimates = torch.empty(len(cells), len(inputs.data), dtype=torch.float64)
     for i, site in enumerate(cells):
+        if qk_fix and site.kind in ("q", "k"):
+            diff = _head_change(inputs.view, passes, site)  # [n, p, d]
+            product = diff * grads[("head", site.layer)][:, :, site.head]
+            estimates[i] = product.reshape(product.shape[0], -1).sum(-1).double().cpu()
+            continue
         diff = _activation(passes, "source", site.kind, site.layer) - _activation(passes, "base", site.kind, site.layer)
         product = diff * grads[(site.kind, site.layer)]  # [n, p, (H,) .]
         if site.head is not None:
