@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scrub
-from scrub import MLP, Feature, Head
+from scrub import MLP, Head
 from scrub.errors import ComponentError
 from scrub.metrics import resolve
 from scrub.patching.path import path_patch

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import scrub
-from scrub import Feature, Head, MLP
+from scrub import Feature, Head
 from scrub.errors import ScrubError
 from scrub.patching import activation_patch
 from scrub.patching.path import path_patch

@@ -9,7 +9,7 @@ share a batched call: their rows are stacked along the batch axis.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor

@@ -13,7 +13,7 @@ Corrupted rows come from one of:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import attrs
 import torch
