@@ -79,3 +79,9 @@ __all__ = [
     "OptionsError",
     "__version__",
 ]
+
+# exploration before hypotheses (scrub.patching): sweeps, and a sweep -> a Hypothesis
+from scrub import patching  # noqa: E402
+from scrub.patching import PatchingResult, activation_patch, attribution_patch, path_patch, propose  # noqa: E402
+
+__all__ += ["patching", "activation_patch", "path_patch", "attribution_patch", "propose", "PatchingResult"]

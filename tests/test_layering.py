@@ -44,6 +44,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engine", ("scrub.engine.*",)),
     ("result", ("scrub.result",)),
     ("api", ("scrub.api",)),
+    # exploration before hypotheses: activation, path and attribution patching on the model view
+    ("patching", ("scrub.patching.*",)),
     ("reporting", ("scrub.reporting.*",)),
     ("tasks", ("scrub.tasks.*",)),
     # the zoo's workshop: training a recipe, measuring the result, writing its record
