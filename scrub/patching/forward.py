@@ -44,7 +44,7 @@ def after_layer(view: ModelView, base: CleanPass, layer: int) -> Tensor:
 
 # The layer's pieces (`scrub.model.attention`): every head in one matmul per port, the sum over
 # heads in one matmul through W_O. Without them, the per-head public functions below are used.
-_FAST = all(hasattr(attention, f) for f in ("with_positions", "project", "mix")) and hasattr(ModelView, "_ln1")
+_FAST = hasattr(attention, "mix") and all(hasattr(ModelView, f) for f in ("_ln1", "_port"))
 
 
 def _fast(view: ModelView) -> bool:
@@ -63,13 +63,13 @@ def _all_heads(view: ModelView, base: CleanPass, rows: Tensor, layer: int, x: Te
     q_in = x_n if q_index is None else x_n[:, q_index]  # [b, q, d]
     q_pos = positions if q_index is None else positions[q_index]  # [q]
     heads = slice(None)
-    q = attention.project(view, layer, heads, "q", attention.with_positions(view, "q", q_in, q_pos))  # [b, H, q, e]
-    k = attention.project(view, layer, heads, "k", attention.with_positions(view, "k", x_n, positions))  # [b, H, len, e]
-    v = attention.project(view, layer, heads, "v", x_n)  # [b, H, len, e]
+    q = view._port(layer, heads, "q", q_in, q_pos)  # [b, H, q, e]
+    k = view._port(layer, heads, "k", x_n, positions)  # [b, H, len, e] (as many key/value heads: see _fast)
+    v = view._port(layer, heads, "v", x_n, positions)  # [b, H, len, e]
     if p0 > 0:
         k = torch.cat([base.head_k[layer][rows, :p0].transpose(1, 2), k], dim=2)  # [b, H, p0+len, e]
         v = torch.cat([base.head_v[layer][rows, :p0].transpose(1, 2), v], dim=2)  # [b, H, p0+len, e]
-    z = attention.mix(view, layer, q, k, v, q_pos)  # [b, H, q, e]
+    z = attention.mix(view.config, layer, q, k, v, q_pos)  # [b, H, q, e]
     out = z.transpose(1, 2).flatten(2) @ view.W_O[layer].flatten(0, 1)  # [b, q, d]
     return out + view.attn_bias(layer)
 
