@@ -36,6 +36,7 @@ __all__ = [
     "check_data_fits",
     "RUN_DEFAULTS",
     "compute_rows",
+    "Rows",
     "engine_name",
     "build_result",
 ]
@@ -223,20 +224,23 @@ def prepare(hypotheses: Sequence[Hypothesis], model, data: Dataset, options: Run
 
 
 def scrub_many(
-    hypotheses: Sequence[Hypothesis], model, data: Dataset, options: RunOptions, *, runner=None
+    hypotheses: Sequence[Hypothesis], model, data: Dataset, options: RunOptions, *, runner=None,
+    compute: Optional[Callable[..., "Rows"]] = None,
 ) -> list[Result]:
     """Scrub already checked hypotheses (see `prepare`) with one options value: the common path of
     `evaluate`, `evaluate_many`, `scrub.report` and `scrub.compare`.
 
     With ``options.store``, every (hypothesis, seed) cell found in the store is read instead of
-    computed; the missing ones are computed together (one engine, one clean pass) and written."""
+    computed; the missing ones are computed together (one engine, one clean pass) and written.
+    ``compute`` replaces `compute_rows` (same arguments; e.g. `scrub.sweep`'s sharded scoring)."""
+    compute = compute or compute_rows
     base_h = options.baseline or baseline_of(hypotheses[0])
     n_rows = len(data) if options.n is None else min(options.n, len(data))
     reference = torch.arange(n_rows, device=data.device)
     features = FeatureCache(data)
     seeds_ = list(options.seeds)
     if options.store is None:
-        rows = compute_rows(hypotheses, base_h, model, data, options, seeds_, reference, features, runner)
+        rows = compute(hypotheses, base_h, model, data, options, seeds_, reference, features, runner)
         return [rows.result(i, h.name, base_h.name, data.name, options) for i, h in enumerate(hypotheses)]
     from scrub.store.runs import StoredRun  # the store's bookkeeping (keys, cells) for this call
 
@@ -246,7 +250,7 @@ def scrub_many(
     if todo:
         wanted = sorted({s for ss in todo.values() for s in ss}, key=seeds_.index)
         idx = sorted(todo)
-        rows = compute_rows([hypotheses[i] for i in idx], base_h, model, data, options, wanted, reference, features,
+        rows = compute([hypotheses[i] for i in idx], base_h, model, data, options, wanted, reference, features,
                             runner, only={j: todo[i] for j, i in enumerate(idx)})
         run.put(idx, rows)
     return run.results(build_result)

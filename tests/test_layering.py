@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("scrub.metrics",)),
     ("hypothesis", ("scrub.hypothesis.*",)),
     # the result store: cell addresses (fingerprints) and files; no forward pass, no results
-    ("store", ("scrub.store.*",)),
+    ("store", ("scrub.store", "scrub.store.keys", "scrub.store.cells", "scrub.store.runs")),
     # the validated run options: may read metrics and hypotheses (a baseline), and are passed
     # down whole to planning and the engines
     ("options", ("scrub.options",)),
@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("zoo training", ("scrub.zoo.train", "scrub.zoo.measure", "scrub.zoo.record")),
     ("hypfile", ("scrub.hypfile",)),
     # studies: sweeps over grids of cells, sharded evaluations, rebuilding results from a store
-    ("studies", ("scrub.sweep",)),
+    ("studies", ("scrub.store.on_ray", "scrub.store.show", "scrub.sweep")),
     ("entry points", ("scrub", "scrub.__main__", "scrub.cli", "scrub.demo")),
 )
 

@@ -41,8 +41,9 @@ def feature_values(hypotheses: Sequence[Hypothesis], features) -> dict[int, Tens
 
 
 def model_device(model) -> str:
+    """The type of the device the model's weights are on (cpu, cuda, mps)."""
     for tensor in model.parameters():
-        return str(tensor.device)
+        return tensor.device.type
     return "cpu"
 
 
@@ -66,23 +67,27 @@ class StoredRun:
         store: the store; hypotheses, baseline, model, data, options: the call's;
         reference: ``[n]`` reference rows; features: the call's `scrub.plan.FeatureCache`;
         engine: the engine's name.
+        model_fp: the model's fingerprint when known (saves hashing the weights again).
+        device: the device type the cells are computed on (default: the options' or the model's).
     """
 
     def __init__(self, store: Store, hypotheses: Sequence[Hypothesis], baseline: Hypothesis, model, data: Dataset,
-                 options: Any, reference: Tensor, features, engine: str) -> None:
+                 options: Any, reference: Tensor, features, engine: str, *, model_fp: Optional[str] = None,
+                 device: Optional[str] = None) -> None:
         self.store, self.hypotheses, self.baseline, self.data, self.options = store, list(hypotheses), baseline, data, options
         self.seeds = list(options.seeds)
         values = feature_values([*self.hypotheses, baseline], features)
         common = {
             "format": STORE_FORMAT,
             "scrub": scrub_version(),
-            "model": model_fingerprint(model),
+            "model": model_fp or model_fingerprint(model),
             "dataset": dataset_fingerprint(data),
             "metric": metric_fingerprint(options.metric),
             "engine": engine,
             "batch_size": options.batch_size,
             "memory_budget_mb": options.memory_budget_mb,
-            "device": str(options.device) if options.device is not None else model_device(model),
+            # the device type (cpu, cuda, mps): where the numbers were computed
+            "device": device or (options.device.type if options.device is not None else model_device(model)),
             "reference": tensor_digest(reference),
             "baseline": hypothesis_fingerprint(baseline, values),
         }
