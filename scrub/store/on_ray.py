@@ -53,11 +53,12 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> No
         RayError: Ray is not installed, or the address does not answer.
     """
     ray = _ray()
+    remote = address not in (None, "", "local")
+    if remote and address != "auto":
+        _check_answers(address)  # even when a session is running: a wrong address is a mistake to report
     if ray.is_initialized():
         return
-    if address not in (None, "", "local"):
-        if address != "auto":
-            _check_answers(address)
+    if remote:
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
