@@ -192,6 +192,9 @@ def _write_bytes(path: Path, data: bytes, *, replace: bool) -> bool:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared store needs the usual permissions
         if replace:
             os.replace(tmp, path)
             return True
