@@ -130,6 +130,13 @@ def test_unwritable_store_is_refused_before_any_forward_pass(attn_model, data, t
             RunOptions(store=locked)
 
 
+def test_store_option_of_the_wrong_type_is_an_options_error():
+    from scrub.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="store must be a directory path"):
+        RunOptions(store=3)
+
+
 def test_incompatible_store_version_is_refused_naming_both(tmp_path):
     Store.open(tmp_path)
     (tmp_path / "store.json").write_text(json.dumps({"format": 1, "scrub": "0.0.7"}))

@@ -25,7 +25,7 @@ import attrs
 import torch
 from torch import Tensor
 
-from scrub.errors import ScrubError
+from scrub.errors import OptionsError, ScrubError
 from scrub.store.keys import scrub_version
 
 __all__ = ["Store", "Cell", "StoreError", "STORE_FORMAT", "as_store"]
@@ -219,5 +219,5 @@ def as_store(value: Any) -> Optional[Store]:
         return value
     if isinstance(value, (str, os.PathLike)):
         return Store.open(value)
-    raise StoreError(f"store={value!r} ({type(value).__name__}) is not allowed: store must be a directory path "
+    raise OptionsError(f"store={value!r} ({type(value).__name__}) is not allowed: store must be a directory path "
                      f"(str or pathlib.Path), a scrub.store.Store, or None for no store")
