@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import scrub  # noqa: E402
 from scrub import EXACT, Embed, Feature, Head, Hypothesis  # noqa: E402
 from scrub.store import Store  # noqa: E402
-from scrub.sweep import sweep  # noqa: E402
+from scrub.store.sweep import sweep  # noqa: E402
 
 from common import machine_banner  # noqa: E402
 

@@ -232,7 +232,7 @@ def scrub_many(
 
     With ``options.store``, every (hypothesis, seed) cell found in the store is read instead of
     computed; the missing ones are computed together (one engine, one clean pass) and written.
-    ``compute`` replaces `compute_rows` (same arguments; e.g. `scrub.sweep`'s sharded scoring)."""
+    ``compute`` replaces `compute_rows` (same arguments; e.g. `scrub.store.sweep`'s sharded scoring)."""
     compute = compute or compute_rows
     base_h = options.baseline or baseline_of(hypotheses[0])
     n_rows = len(data) if options.n is None else min(options.n, len(data))

@@ -167,7 +167,7 @@ def _add_store_commands(sub) -> None:
 
 def _sweep(args) -> int:
     from scrub.options import RunOptions
-    from scrub.sweep import sweep
+    from scrub.store.sweep import sweep
 
     try:
         RunOptions(store=args.store)  # an unwritable or incompatible store, before the model loads

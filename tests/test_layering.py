@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("zoo training", ("scrub.zoo.train", "scrub.zoo.measure", "scrub.zoo.record")),
     ("hypfile", ("scrub.hypfile",)),
     # studies: sweeps over grids of cells, sharded evaluations, rebuilding results from a store
-    ("studies", ("scrub.store.on_ray", "scrub.store.show", "scrub.sweep")),
+    ("studies", ("scrub.store.on_ray", "scrub.store.show", "scrub.store.sweep")),
     ("entry points", ("scrub", "scrub.__main__", "scrub.cli", "scrub.demo")),
 )
 

@@ -16,7 +16,7 @@ import torch
 import scrub
 from scrub import EXACT, Embed, Feature, Head, Hypothesis
 from scrub.store.on_ray import RayError
-from scrub.sweep import evaluate_sharded, sweep
+from scrub.store.sweep import evaluate_sharded, sweep
 
 ray = pytest.importorskip("ray")
 

@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scrub
-import scrub.sweep as sweep_module
+import scrub.store.sweep as sweep_module
 import scrub.zoo
 from scrub import EXACT, Embed, Feature, Head, Hypothesis
 from scrub.cli import main
 from scrub.errors import OptionsError, ScrubError
 from scrub.options import RunOptions
 from scrub.store import show as store_show
-from scrub.sweep import evaluate_sharded, sweep
+from scrub.store.sweep import evaluate_sharded, sweep
 
 from conftest import random_dataset
 
