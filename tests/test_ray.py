@@ -107,3 +107,37 @@ def test_unreachable_ray_address_is_refused_and_nothing_lost(attn_model, data, t
     with pytest.raises(RayError, match="not host:port"):
         evaluate_sharded(_hyps(), attn_model, data, executor="ray", address="nowhere")
     assert sorted(p.name for p in store.rglob("*")) == before
+
+
+SMALL_FILE = '''
+from conftest import make_model, random_dataset
+from scrub import EXACT, Head, Hypothesis
+
+def model():
+    return make_model(seed=0, attn_only=True)
+
+def dataset():
+    return random_dataset()
+
+def hypotheses():
+    out = []
+    for head in range(3):
+        h = Hypothesis(f"head 1.{head}")
+        h.claim(Head(1, head), EXACT, into=h.output())
+        out.append(h)
+    return out
+'''
+
+
+def test_cli_sweep_on_ray(tmp_path, capsys):
+    from scrub.cli import main
+
+    file = tmp_path / "hyps.py"
+    file.write_text(SMALL_FILE)
+    store = tmp_path / "runs"
+    args = ["sweep", str(file), "--store", str(store), "--seeds", "2", "--no-progress", "--hypotheses-per-task", "1"]
+    assert main([*args, "--ray"]) == 0
+    assert "6 computed in 3 tasks" in capsys.readouterr().out
+    assert _cells(store) == 6
+    assert main([*args, "--ray", "127.0.0.1:9"]) == 2
+    assert "does not answer" in capsys.readouterr().err

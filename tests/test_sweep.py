@@ -163,3 +163,55 @@ def test_cli_sweep_show_and_compare_from_the_store(zoo, tmp_path, monkeypatch, c
     assert main(["show", str(tmp_path / "nothing here")]) == 2
     err = capsys.readouterr().err
     assert "is a file" in err and "not a result store" in err
+
+
+KILL_FILE = '''
+from conftest import make_model, random_dataset
+from scrub import EXACT, Head, Hypothesis
+
+def model():
+    return make_model(seed=0, attn_only=True)
+
+def dataset():
+    return random_dataset(n=400)
+
+def hypotheses():
+    out = []
+    for a in range(3):
+        for b in range(3):
+            h = Hypothesis(f"heads 1.{a} 0.{b}")
+            h.claim(Head(1, a), EXACT, into=h.output())
+            h.claim(Head(0, b), EXACT, into=h.output())
+            out.append(h)
+    return out
+'''
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_with_only_the_missing_cells(tmp_path):
+    """A real driver process killed (SIGKILL) mid-sweep; the sweep started again computes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    file = tmp_path / "hyps.py"
+    file.write_text(KILL_FILE)
+    store = tmp_path / "runs"
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    cmd = [sys.executable, "-m", "scrub", "sweep", str(file), "--store", str(store), "--seeds", "4",
+           "--hypotheses-per-task", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(store.glob("cells/*/*.pt"))) < 8:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(store.glob("cells/*/*.pt")))
+    assert 8 <= done < 36, "the driver was not killed mid-sweep"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    after = len(list(store.glob("cells/*/*.pt")))
+    assert after == 36 and f"{after - done} computed" in again.stdout and f"{done} found" in again.stdout
