@@ -153,11 +153,14 @@ def test_cli_sweep_show_and_compare_from_the_store(zoo, tmp_path, monkeypatch, c
     assert "2 computed" in capsys.readouterr().out
     assert main(["sweep", str(file), "--store", str(store), "--seeds", "1", "--no-progress"]) == 0
     assert "2 found" in capsys.readouterr().out
+    assert main(["run", str(file), "--store", str(store), "--seeds", "1", "--no-progress"]) == 0
+    assert (store / "reports" / "hyps.json").is_file()
     monkeypatch.setattr(scrub.api, "make_engine", None)  # from here on, no forward pass
     assert main(["compare", str(file), "--store", str(store), "--seeds", "1", "--no-progress"]) == 0
     assert main(["show", str(store), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "Paired differences" in out and (tmp_path / "out" / "comparison-1.html").is_file()
+    assert "reports of hyps" in out and (tmp_path / "out" / "reports-hyps.html").is_file()
     (tmp_path / "a file").write_text("x")
     assert main(["sweep", str(file), "--store", str(tmp_path / "a file"), "--no-progress"]) == 2
     assert main(["show", str(tmp_path / "nothing here")]) == 2
