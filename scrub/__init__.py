@@ -27,6 +27,7 @@ from scrub.result import Result
 from scrub.reporting.build import compare, generality, report
 from scrub.api import evaluate_many
 from scrub.model.loaders import from_hf, load_model
+from scrub.store.sweep import evaluate_sharded, sweep
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,8 @@ __all__ = [
     "report",
     "compare",
     "generality",
+    "sweep",
+    "evaluate_sharded",
     "plan",
     "Schedule",
     "Result",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -34,11 +35,15 @@ __all__ = [
     "ENGINES",
     "check_data_fits",
     "RUN_DEFAULTS",
+    "compute_rows",
+    "Rows",
+    "engine_name",
+    "build_result",
 ]
 
 # the keyword defaults of `evaluate` / `evaluate_many` (RunOptions' own, but one seed)
 RUN_DEFAULTS = dict(seeds=1, metric=None, engine=None, baseline=None, n=None, batch_size=None, ci_level=0.95,
-                    n_boot=1000, progress=False, memory_budget_mb=None, device=None)
+                    n_boot=1000, progress=False, memory_budget_mb=None, device=None, store=None)
 
 ENGINES: dict[str, Callable] = {}
 DEFAULT_ENGINE = "reference"
@@ -112,6 +117,7 @@ def evaluate(
     memory_budget_mb: Optional[float] = None,
     device=None,
     progress: bool = False,
+    store=None,
     options: Optional[RunOptions] = None,
 ) -> Result:
     """Scrub ``h`` on ``model`` over ``data`` and report the loss it recovers.
@@ -132,6 +138,8 @@ def evaluate(
         memory_budget_mb: the batched engine's working-memory budget (default 4096, at least 16).
         device: where the batched engine computes (default: the model's device).
         progress: show a progress bar.
+        store: a result store directory (or `scrub.store.Store`): cells found there are read, not
+            computed (no forward pass when all are there); new cells are written there.
         options: all of the above as one `scrub.options.RunOptions` (then leave the keywords alone).
 
     Returns:
@@ -142,7 +150,8 @@ def evaluate(
             pass); `scrub.errors.OptionsError` for an option of the wrong type or out of range.
     """
     given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
-                 ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb, device=device, progress=progress)
+                 ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb, device=device, progress=progress,
+                 store=store)
     opts = merge("evaluate()", options, RunOptions, given, RUN_DEFAULTS)
     check_hypothesis(h, "evaluate()")
     return _checked_run([h], model, data, opts, None, "evaluate()")[0]
@@ -169,6 +178,7 @@ def evaluate_many(
     progress: bool = False,
     memory_budget_mb: Optional[float] = None,
     device=None,
+    store=None,
     options: Optional[RunOptions] = None,
 ) -> list[Result]:
     """`evaluate` for several hypotheses at once, sharing rows, seeds, the baseline and the engine.
@@ -182,7 +192,8 @@ def evaluate_many(
     if engine is not None and not isinstance(engine, str) and hasattr(engine, "run"):
         runner, engine = engine, None  # a ready engine: its own settings apply
     given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
-                 ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb, device=device, progress=progress)
+                 ci_level=ci_level, n_boot=n_boot, memory_budget_mb=memory_budget_mb, device=device, progress=progress,
+                 store=store)
     opts = merge("evaluate_many()", options, RunOptions, given, RUN_DEFAULTS)
     if runner is not None and opts.engine_options():
         raise OptionsError(
@@ -213,39 +224,94 @@ def prepare(hypotheses: Sequence[Hypothesis], model, data: Dataset, options: Run
 
 
 def scrub_many(
-    hypotheses: Sequence[Hypothesis], model, data: Dataset, options: RunOptions, *, runner=None
+    hypotheses: Sequence[Hypothesis], model, data: Dataset, options: RunOptions, *, runner=None,
+    compute: Optional[Callable[..., "Rows"]] = None,
 ) -> list[Result]:
     """Scrub already checked hypotheses (see `prepare`) with one options value: the common path of
-    `evaluate`, `evaluate_many`, `scrub.report` and `scrub.compare`."""
-    metric, seeds_ = options.metric, list(options.seeds)
+    `evaluate`, `evaluate_many`, `scrub.report` and `scrub.compare`.
+
+    With ``options.store``, every (hypothesis, seed) cell found in the store is read instead of
+    computed; the missing ones are computed together (one engine, one clean pass) and written.
+    ``compute`` replaces `compute_rows` (same arguments; e.g. `scrub.store.sweep`'s sharded scoring)."""
+    compute = compute or compute_rows
     base_h = options.baseline or baseline_of(hypotheses[0])
     n_rows = len(data) if options.n is None else min(options.n, len(data))
     reference = torch.arange(n_rows, device=data.device)
     features = FeatureCache(data)
+    seeds_ = list(options.seeds)
+    if options.store is None:
+        rows = compute(hypotheses, base_h, model, data, options, seeds_, reference, features, runner)
+        return [rows.result(i, h.name, base_h.name, data.name, options) for i, h in enumerate(hypotheses)]
+    from scrub.store.runs import StoredRun  # the store's bookkeeping (keys, cells) for this call
+
+    run = StoredRun(options.store, hypotheses, base_h, model, data, options, reference, features,
+                    engine_name(options.engine, runner))
+    todo = run.missing()  # {hypothesis index: [seeds]}
+    if todo:
+        wanted = sorted({s for ss in todo.values() for s in ss}, key=seeds_.index)
+        idx = sorted(todo)
+        rows = compute([hypotheses[i] for i in idx], base_h, model, data, options, wanted, reference, features,
+                            runner, only={j: todo[i] for j, i in enumerate(idx)})
+        run.put(idx, rows)
+    return run.results(build_result)
+
+
+def engine_name(engine: Optional[str], runner=None) -> str:
+    """The name of the engine a run uses (a ready engine's own, else ``engine`` or the default)."""
+    if runner is not None:
+        return runner.name
+    _register_engines()
+    return engine or DEFAULT_ENGINE
+
+
+@attrs.frozen(eq=False)
+class Rows:
+    """Per-row values of a call: the model's ``[n]``, the baseline's ``{seed: [n]}`` and each
+    hypothesis's ``{seed: [n]}``, with row weights ``[n]`` and class sizes per hypothesis."""
+
+    reference: Tensor
+    model: Tensor
+    weights: Optional[Tensor]
+    base: dict
+    scrub: list
+    class_sizes: list
+    engine: str
+    metric: Metric
+
+    def result(self, i: int, name: str, baseline_name: str, dataset_name: str, options: RunOptions) -> Result:
+        seeds_ = list(self.scrub[i])
+        return build_result(
+            name, baseline_name, self.metric, dataset_name, self.engine, seeds_, self.reference, self.model,
+            torch.stack([self.base[s] for s in seeds_]), torch.stack([self.scrub[i][s] for s in seeds_]),
+            self.class_sizes[i], options.ci_level, options.n_boot, weights=self.weights,
+        )
+
+
+def compute_rows(
+    hypotheses: Sequence[Hypothesis], base_h: Hypothesis, model, data: Dataset, options: RunOptions,
+    seeds_: Sequence[int], reference: Tensor, features: FeatureCache, runner=None, only: Optional[dict] = None,
+) -> Rows:
+    """Plan and score: every hypothesis (or, with ``only``, hypothesis ``i`` for seeds ``only[i]``)
+    and the baseline for each seed, and the model once, on the ``reference`` rows."""
+    metric = options.metric
     if runner is None:
         runner = make_engine(options.engine, model, data, **options.engine_options())
-    base_rows: list[Tensor] = []
-    scrub_rows: list[list[Tensor]] = [[] for _ in hypotheses]
+    base_rows: dict = {}
+    scrub_rows: list[dict] = [{} for _ in hypotheses]
     class_sizes: list[dict] = [{} for _ in hypotheses]
-    for seed in _progress(seeds_, options.progress, f"scrubbing {len(hypotheses)} hypotheses"):
-        schedules = [plan(h, data, seed, reference=reference, features=features) for h in hypotheses]
+    for seed in _progress(list(seeds_), options.progress, f"scrubbing {len(hypotheses)} hypotheses"):
+        chosen = [i for i in range(len(hypotheses)) if only is None or seed in only[i]]
+        schedules = [plan(hypotheses[i], data, seed, reference=reference, features=features) for i in chosen]
         schedules.append(plan(base_h, data, seed, reference=reference, features=features))
         values = score_schedules(runner, schedules, metric, options.batch_size)
-        base_rows.append(values[-1])
-        for i, (schedule, value) in enumerate(zip(schedules, values[:-1])):
-            scrub_rows[i].append(value)
+        base_rows[seed] = values[-1]
+        for i, schedule, value in zip(chosen, schedules, values[:-1]):
+            scrub_rows[i][seed] = value
             class_sizes[i] = schedule.class_sizes
     model_rows = score_clean(runner, reference, metric, options.batch_size)
     weights = metric.row_weights(data.rows(reference))
-    base = torch.stack(base_rows)
-    return [
-        build_result(
-            h.name, base_h.name, metric, data, runner.name, seeds_, reference,
-            model_rows, base, torch.stack(scrub_rows[i]), class_sizes[i], options.ci_level, options.n_boot,
-            weights=weights,
-        )
-        for i, h in enumerate(hypotheses)
-    ]
+    return Rows(reference.cpu(), model_rows, None if weights is None else weights.cpu(), base_rows, scrub_rows,
+                class_sizes, runner.name, metric)
 
 
 def _progress(items, enabled: bool, label: str):
@@ -261,7 +327,7 @@ def build_result(
     name: str,
     baseline_name: str,
     metric: Metric,
-    data: Dataset,
+    data: Union[Dataset, str],
     engine_name: str,
     seeds: Sequence[int],
     reference: Tensor,
@@ -276,7 +342,9 @@ def build_result(
 ) -> Result:
     """Assemble a `Result` from per-row values (shared by evaluate, compare and reports).
 
-    ``weights`` (``[n]``) weight the rows in every mean (the metric's ``row_weights``)."""
+    ``weights`` (``[n]``) weight the rows in every mean (the metric's ``row_weights``). ``data`` (the
+    dataset or its name) and ``metric`` (anything with ``name`` and ``lower_is_better``) only label
+    the result, so a result can be rebuilt from stored values without them."""
     lr = loss_recovered(model_rows, base_rows, scrub_rows, level=ci_level, n_boot=n_boot, weights=weights)
     (mm, mm_se), (mb, mb_se), (ms, ms_se) = (mean_se(model_rows, weights), mean_se(base_rows, weights),
                                              mean_se(scrub_rows, weights))
@@ -309,7 +377,7 @@ def build_result(
         stderr_seeds=lr.stderr_seeds,
         engine=engine_name,
         baseline=baseline_name,
-        dataset=data.name,
+        dataset=data if isinstance(data, str) else data.name,
         class_sizes=dict(class_sizes),
         warnings=tuple(warnings),
         rows=RowValues(reference=reference.cpu(), model=model_rows, base=base_rows, scrub=scrub_rows,

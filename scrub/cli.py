@@ -6,7 +6,16 @@ Usage::
                       [--metric M] [--no-progress]
     scrub compare FILE.py [--json F] [--html F] [--seeds K] [--n N] [--device D]
                           [--metric M] [--no-progress]
+    scrub sweep FILE.py --store DIR [--ray [ADDRESS]] [--seeds K] [--n N] [--metric M] [--no-progress]
+    scrub show DIR [--out FOLDER]
     scrub --version
+
+``--store DIR`` (run, compare, sweep) keeps every scrubbed cell in a result store: cells found
+there are read instead of computed. ``scrub sweep`` scrubs every hypothesis of the file on every
+dataset (``datasets()``, else ``dataset()``) and seed into the store, in this process or on Ray
+(``--ray`` starts a local cluster, ``--ray ADDRESS`` joins one); run it again to finish an
+interrupted sweep. ``scrub show DIR`` rebuilds the results and comparisons from the store alone
+(no model) and prints them; ``--out FOLDER`` also writes them as JSON and HTML.
 
 A hypothesis file is a Python file that defines ``model()`` (a TransformerLens model),
 ``dataset()`` (a `scrub.Dataset`) or ``datasets()`` (a dict of them, by name), and
@@ -64,6 +73,8 @@ examples:
   scrub run hypotheses/induction.py --html report.html
   scrub run hypotheses/induction.py --quick --n 256 --seeds 1
   scrub compare hypotheses/induction.py --json comparison.json
+  scrub sweep hypotheses/induction.py --store runs/ --seeds 3 --ray
+  scrub show runs/ --out runs-report/
 """
 
 
@@ -99,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="scrub", description="Causal scrubbing of the hypotheses in a hypothesis file.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"scrub {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,compare}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,compare,sweep,show}", parser_class=_Parser)
     common = _Parser(add_help=False)
     common.add_argument("file", help="hypothesis file (defines model(), dataset()/datasets(), hypotheses())")
     common.add_argument("--json", metavar="F", help="write the results as JSON to F (atomically)")
@@ -111,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--metric", metavar="M", choices=METRICS, default=None,
                         help=f"metric: {', '.join(METRICS)} (default: the file's METRIC, else cross_entropy)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    common.add_argument("--store", metavar="DIR", default=None,
+                        help="result store: read finished cells from DIR, write new ones there")
     run = sub.add_parser("run", parents=[common], help="report every hypothesis of FILE", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Report (subgraphs, serial redundancy, generality) every hypothesis of FILE.")
@@ -118,7 +131,86 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("compare", parents=[common], help="compare the hypotheses of FILE", epilog=EPILOG,
                    formatter_class=argparse.RawDescriptionHelpFormatter,
                    description="Compare every hypothesis of FILE on the same rows and seeds (paired differences).")
+    _add_store_commands(sub)
     return parser
+
+
+# ---- scrub sweep / scrub show (the result store) ------------------------------------------------
+
+
+def _add_store_commands(sub) -> None:
+    sweep = sub.add_parser("sweep", help="scrub every hypothesis x dataset x seed of FILE into a store",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Scrub every hypothesis of FILE on every dataset and seed into the result "
+                                       "store DIR (resumable: run again to compute only the missing cells).")
+    sweep.add_argument("file", help="hypothesis file (defines model(), dataset()/datasets(), hypotheses())")
+    sweep.add_argument("--store", metavar="DIR", required=True, help="the result store directory")
+    sweep.add_argument("--ray", metavar="ADDRESS", nargs="?", const="local", default=None,
+                       help="run the tasks on Ray: a local cluster, or the one at ADDRESS (host:port, auto)")
+    sweep.add_argument("--seeds", metavar="K", type=_positive(), default=2, help="sampling seeds (default 2)")
+    sweep.add_argument("--n", metavar="N", type=_positive(), default=None,
+                       help="use the first N rows as reference rows (default: all)")
+    sweep.add_argument("--metric", metavar="M", choices=METRICS, default=None,
+                       help=f"metric: {', '.join(METRICS)} (default: the file's METRIC, else cross_entropy)")
+    sweep.add_argument("--hypotheses-per-task", metavar="K", type=_positive(), default=8,
+                       help="hypotheses per task, sharing its clean pass (default 8)")
+    sweep.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    sweep.set_defaults(json=None, html=None, device=None)
+    show = sub.add_parser("show", help="print (and write) the results and comparisons of a store",
+                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Rebuild results and comparisons from the result store DIR alone (no model).")
+    show.add_argument("store", metavar="DIR", help="the result store directory")
+    show.add_argument("--out", metavar="FOLDER", default=None,
+                      help="also write each comparison as JSON and HTML, and results.json, to FOLDER")
+    show.set_defaults(json=None, html=None, device=None)
+
+
+def _sweep(args) -> int:
+    from scrub.options import RunOptions
+    from scrub.store.sweep import sweep
+
+    try:
+        RunOptions(store=args.store)  # an unwritable or incompatible store, before the model loads
+    except ScrubError as exc:
+        raise UsageError(f"--store: {exc}") from exc
+    spec, options, model, data, hyps = _load(args)
+    _announce(spec, model, data, hyps)
+    datasets = spec.datasets() if callable(getattr(spec.module, "datasets", None)) else {data.name: data}
+    summary = sweep(hyps, {_model_name(model): model}, datasets, seeds=args.seeds, metrics=[options.metric],
+                    store=args.store, n=args.n, executor="local" if args.ray is None else "ray",
+                    address=None if args.ray in (None, "local") else args.ray,
+                    hypotheses_per_task=args.hypotheses_per_task, progress=args.progress)
+    print(summary)
+    print(f"see the results: scrub show {args.store}")
+    return EXIT_OK
+
+
+def _show(args) -> int:
+    from scrub.store.show import show
+
+    out = None
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {args.out!r} is a file; name a folder for the JSON and HTML files")
+    print(show(args.store, out), end="")
+    if out is not None:
+        print(f"written to {str(out)!r}")
+    return EXIT_OK
+
+
+def _store_reports(args, reports: list) -> None:
+    """With ``--store``, keep the run's reports in the store too (``reports/<file>.json``), so
+    ``scrub show`` rebuilds them without the model."""
+    if getattr(args, "store", None) is None:
+        return
+    from scrub.reporting.files import write_json
+
+    write_json(Path(args.store) / "reports" / f"{Path(args.file).stem}.json",
+               {"kind": "scrub.run", "file": str(args.file), "reports": reports})
+
+
+COMMANDS: dict = {}  # filled below: command name -> function(args) -> exit code
 
 
 def _out_path(option: str, value: Optional[str]) -> Optional[Path]:
@@ -167,7 +259,8 @@ def _options(args):
     from scrub.options import RunOptions
 
     try:
-        return RunOptions(seeds=args.seeds, n=args.n, metric=args.metric, progress=args.progress, device=args.device)
+        return RunOptions(seeds=args.seeds, n=args.n, metric=args.metric, progress=args.progress, device=args.device,
+                          store=getattr(args, "store", None))
     except ScrubError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -290,6 +383,7 @@ def _run(args) -> int:
         reports.append(rep.to_dict())
         print(f"\n[{i + 1}/{len(hyps)}] ({time.perf_counter() - start:.1f} s)")
         print(rep, flush=True)
+    _store_reports(args, reports)
     return _write_outputs([
         ("--json", args.json, lambda path: write_json(path, {"kind": "scrub.run", "file": str(args.file), "reports": reports})),
         ("--html", args.html, lambda path: write_text(path, render_run(reports, None, title=f"scrub run: {Path(args.file).name}"))),
@@ -315,13 +409,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except SystemExit as exc:  # --help / --version
             return int(exc.code or 0)
         if args.command is None:
-            raise UsageError("give a command: run or compare (see 'scrub --help')")
+            raise UsageError("give a command: run, compare, sweep or show (see 'scrub --help')")
         args.json = _out_path("--json", args.json)
         args.html = _out_path("--html", args.html)
         if args.json is not None and args.html is not None and args.json.absolute() == args.html.absolute():
             raise UsageError(f"--json and --html name the same file {str(args.json)!r}; give two paths")
         args.device = _device(args.device)
-        code = (_run if args.command == "run" else _compare)(args)
+        code = COMMANDS[args.command](args)
     except ScrubError as exc:
         print(f"scrub: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
@@ -333,6 +427,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     sys.stdout.flush()
     return code
+
+
+COMMANDS.update(run=_run, compare=_compare, sweep=_sweep, show=_show)
 
 
 if __name__ == "__main__":

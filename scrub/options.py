@@ -24,6 +24,7 @@ from scrub.errors import OptionsError
 from scrub.hypothesis import Hypothesis
 from scrub.metrics import Metric, resolve
 from scrub.model.sources import is_source_model
+from scrub.store import Store, as_store
 
 __all__ = [
     "RunOptions",
@@ -180,6 +181,10 @@ class RunOptions:
         baseline: the hypothesis whose metric counts as 0% (None: the output alone).
         device: where the batched engine computes (None: the model's device).
         progress: show progress bars.
+        store: a result store (a directory path or a `scrub.store.Store`; None for none): finished
+            cells are read from it instead of computed, new ones written to it. A path is opened
+            when the options are built, so an unwritable or incompatible store is refused before
+            any forward pass.
     """
 
     seeds: tuple[int, ...] = attrs.field(default=(0,), converter=_seeds)
@@ -193,6 +198,7 @@ class RunOptions:
     baseline: Optional[Hypothesis] = attrs.field(default=None, converter=_baseline)
     device: Optional[torch.device] = attrs.field(default=None, converter=_device)
     progress: bool = attrs.field(default=False, converter=_flag("progress"))
+    store: Optional[Store] = attrs.field(default=None, converter=as_store)
 
     def __attrs_post_init__(self) -> None:
         if self.engine == "reference":

@@ -37,6 +37,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("scrub.model.*",)),
     ("metrics", ("scrub.metrics",)),
     ("hypothesis", ("scrub.hypothesis.*",)),
+    # the result store: cell addresses (fingerprints) and files; no forward pass, no results
+    ("store", ("scrub.store", "scrub.store.keys", "scrub.store.cells", "scrub.store.runs")),
     # the validated run options: may read metrics and hypotheses (a baseline), and are passed
     # down whole to planning and the engines
     ("options", ("scrub.options",)),
@@ -51,6 +53,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # the zoo's workshop: training a recipe, measuring the result, writing its record
     ("zoo training", ("scrub.zoo.train", "scrub.zoo.measure", "scrub.zoo.record")),
     ("hypfile", ("scrub.hypfile",)),
+    # studies: sweeps over grids of cells, sharded evaluations, rebuilding results from a store
+    ("studies", ("scrub.store.on_ray", "scrub.store.show", "scrub.store.sweep")),
     ("entry points", ("scrub", "scrub.__main__", "scrub.cli", "scrub.demo")),
 )
 
