@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="scrub", description="Causal scrubbing of the hypotheses in a hypothesis file.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"scrub {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,compare,sweep,show}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,compare,sweep,show,patch}", parser_class=_Parser)
     common = _Parser(add_help=False)
     common.add_argument("file", help="hypothesis file (defines model(), dataset()/datasets(), hypotheses())")
     common.add_argument("--json", metavar="F", help="write the results as JSON to F (atomically)")
@@ -132,7 +132,48 @@ def build_parser() -> argparse.ArgumentParser:
                    formatter_class=argparse.RawDescriptionHelpFormatter,
                    description="Compare every hypothesis of FILE on the same rows and seeds (paired differences).")
     _add_store_commands(sub)
+    _add_patch_command(sub)
     return parser
+
+
+# ---- scrub patch (explore before hypothesising) -------------------------------------------------
+
+
+def _add_patch_command(sub) -> None:
+    patch = sub.add_parser("patch", help="patching sweeps on FILE's paired dataset; propose a hypothesis",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Run activation patching in both directions, path patching among the "
+                                       "components that matter, and propose a hypothesis (printed as Python "
+                                       "code). FILE defines model() and a paired dataset() "
+                                       "(scrub.patching.paired).")
+    patch.add_argument("file", help="a file defining model() and a paired dataset()")
+    patch.add_argument("--out", metavar="DIR", default=None,
+                       help="write the sweeps (HTML, JSON), the paths and the proposal to DIR")
+    patch.add_argument("--threshold", metavar="T", type=float, default=0.1,
+                       help="normalised effect a component or edge must pass to be proposed (default 0.1)")
+    patch.add_argument("--seeds", metavar="K", type=_positive(), default=1, help="resampling seeds (default 1)")
+    patch.set_defaults(json=None, html=None, device=None)
+
+
+def _patch(args) -> int:
+    from scrub.hypfile import load_hypothesis_file
+    from scrub.patching import explore
+
+    if not 0.0 <= args.threshold < 1.0:
+        raise UsageError(f"--threshold {args.threshold}: the normalised effect threshold must be in [0, 1)")
+    out = _out_dir("--out", args.out)
+    spec = load_hypothesis_file(args.file, need_hypotheses=False)
+    model = spec.model()
+    data = next(iter(spec.datasets().values()))
+    found = explore(model, data, out, threshold=args.threshold, seeds=tuple(range(args.seeds)))
+    for direction, result in found.sweeps.items():
+        print(result)
+        print()
+    print("# proposed hypothesis (paste into a hypothesis file and scrub it):")
+    print(found.code)
+    for f in found.files:
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
 
 
 # ---- scrub sweep / scrub show (the result store) ------------------------------------------------
@@ -211,6 +252,20 @@ def _store_reports(args, reports: list) -> None:
 
 
 COMMANDS: dict = {}  # filled below: command name -> function(args) -> exit code
+
+
+def _out_dir(option: str, value: Optional[str]) -> Optional[Path]:
+    """Refuse an output folder that cannot be written (an existing file, or no writable folder on
+    its way) before any long computation; missing folders are created when writing."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {value!r} is a file; give a folder to write into")
+    existing = path if path.exists() else next((p for p in path.absolute().parents if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {value!r}: the folder {str(existing)!r} is not writable; choose another path")
+    return path
 
 
 def _out_path(option: str, value: Optional[str]) -> Optional[Path]:
@@ -429,7 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return code
 
 
-COMMANDS.update(run=_run, compare=_compare, sweep=_sweep, show=_show)
+COMMANDS.update(run=_run, compare=_compare, sweep=_sweep, show=_show, patch=_patch)
 
 
 if __name__ == "__main__":

@@ -77,12 +77,13 @@ def _check_dataset(value: Any, path: Path, where: str) -> Dataset:
     return value
 
 
-def load_hypothesis_file(path: str | Path) -> HypothesisFile:
+def load_hypothesis_file(path: str | Path, *, need_hypotheses: bool = True) -> HypothesisFile:
     """Import ``path`` and check that it defines what `scrub run` needs.
 
     Raises:
         HypothesisFileError: the file is missing, raises on import, or lacks ``model()``,
-            ``dataset()``/``datasets()`` or ``HYPOTHESES``/``hypotheses()``.
+            ``dataset()``/``datasets()`` or (unless ``need_hypotheses`` is false, as for
+            `scrub patch`) ``HYPOTHESES``/``hypotheses()``.
     """
     path = Path(path)
     if not path.is_file():
@@ -103,7 +104,7 @@ def load_hypothesis_file(path: str | Path) -> HypothesisFile:
         raise HypothesisFileError(f"{path}: define a function model() returning the model to scrub")
     if not (callable(getattr(module, "dataset", None)) or callable(getattr(module, "datasets", None))):
         raise HypothesisFileError(f"{path}: define dataset() (a scrub.Dataset) or datasets() (a dict of them)")
-    if not (hasattr(module, "HYPOTHESES") or callable(getattr(module, "hypotheses", None))):
+    if need_hypotheses and not (hasattr(module, "HYPOTHESES") or callable(getattr(module, "hypotheses", None))):
         raise HypothesisFileError(f"{path}: define HYPOTHESES (a list of Hypothesis) or hypotheses()")
 
     def hypotheses() -> list[Hypothesis]:
