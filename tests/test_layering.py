@@ -45,6 +45,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("result", ("scrub.result",)),
     ("api", ("scrub.api",)),
     ("reporting", ("scrub.reporting.*",)),
+    # search: pruning and coarsening over hypotheses, scored through api; renders its own result
+    ("search", ("scrub.search.*",)),
     ("tasks", ("scrub.tasks.*",)),
     # the zoo's workshop: training a recipe, measuring the result, writing its record
     ("zoo training", ("scrub.zoo.train", "scrub.zoo.measure", "scrub.zoo.record")),

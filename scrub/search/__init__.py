@@ -1,0 +1,12 @@
+"""Search over hypotheses: the smallest hypothesis that holds, and where a hypothesis fails.
+
+`search` walks a hypothesis from the output backwards (ACDC, Conmy et al. 2023, with causal-
+scrubbing semantics), removing edges and coarsening EXACT claims while loss recovered holds;
+`scrub.search.changes` holds the changes it tries, `scrub.search.result` what it returns.
+"""
+
+from scrub.search.changes import Coarsen, RemoveEdge, apply
+from scrub.search.result import CurvePoint, Decision, SearchResult, Step
+from scrub.search.walk import search
+
+__all__ = ["search", "SearchResult", "Decision", "Step", "CurvePoint", "RemoveEdge", "Coarsen", "apply"]

@@ -1,0 +1,110 @@
+"""`scrub.search`: the walk, its decisions, its result's forms, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import scrub
+from scrub import EXACT, Embed, Feature, Head, Hypothesis
+from scrub.errors import ComponentError, OptionsError, ScrubError
+from scrub.search import Coarsen, RemoveEdge, SearchResult, apply, search
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _shape(h: Hypothesis):
+    claims = [(c.name, c.component, str(c.feature), c.scrub_inputs) for c in h.claims]
+    edges = sorted((e.child.name, e.parent.name, e.port, e.positions or ()) for e in h.edges)
+    return claims, edges
+
+
+@pytest.fixture(scope="module")
+def found(attn_model, data) -> SearchResult:
+    return search(attn_model, attn_model, data, tau=0.05, taus=[0.01, 0.2], features=[Feature.token()], seeds=2)
+
+
+def test_decisions_follow_the_rule(found):
+    assert found.decisions, "the walk tried nothing"
+    for d in found.decisions:
+        if d.kept:
+            assert d.lr_before - d.lr_after < found.tau
+        elif d.reason.startswith("drops"):
+            assert d.lr_before - d.lr_after >= found.tau
+    # kept decisions chain: each step starts where the last kept change left LR
+    assert len(found.hypothesis.edges) < len(found.start.edges)
+    assert found.start_result.loss_recovered == pytest.approx(1.0, abs=1e-3)
+
+
+def test_found_result_is_what_evaluate_says(found, attn_model, data):
+    again = scrub.evaluate(found.hypothesis, attn_model, data, seeds=2)
+    assert again.loss_recovered == pytest.approx(found.loss_recovered, rel=1e-5, abs=1e-6)
+    last_kept = [d for d in found.decisions if d.kept][-1]
+    assert last_kept.lr_after == pytest.approx(found.loss_recovered, rel=1e-4, abs=1e-5)
+
+
+def test_curve_has_every_tau_and_shrinks(found):
+    taus = [p.tau for p in found.curve]
+    assert taus == [0.01, 0.05, 0.2]
+    point = next(p for p in found.curve if p.tau == found.tau)
+    assert point.edges == len(found.hypothesis.edges)
+    assert point.loss_recovered == pytest.approx(found.loss_recovered)
+
+
+def test_to_python_rebuilds_the_found_hypothesis(found):
+    code = found.to_python()
+    space: dict = {}
+    exec(compile(code, "<found>", "exec"), space)
+    rebuilt = space["found"]({"token": Feature.token()})
+    assert _shape(rebuilt) == _shape(found.hypothesis)
+
+
+def test_json_and_html(found, tmp_path):
+    data = json.loads(found.to_json())
+    assert data["found"]["loss_recovered"] == pytest.approx(found.loss_recovered)
+    assert len(data["found"]["edges"]) == len(found.hypothesis.edges)
+    assert sum(len(s["decisions"]) for s in data["steps"]) == len(found.decisions)
+    page = found.to_html()
+    assert page.count("<svg") == 1 and "Decisions" in page
+    assert found.to_html(tmp_path / "s.html").read_text() == page
+    assert "found:" in str(found)
+
+
+def test_apply_removes_and_coarsens():
+    h = Hypothesis("h")
+    out = h.output()
+    a = h.claim(Head(1, 0), EXACT, into=out)
+    e = h.claim(Embed(), EXACT, into=[(a, "q"), (a, "k")])
+    g = apply(h, [RemoveEdge("Embed", "Head(1.0)", "q"), Coarsen("Embed", Feature.token())])
+    assert [(x.port) for x in g.edges if x.child.name == "Embed"] == ["k"]
+    assert g.find("Embed").feature.name == "token" and h.find("Embed").feature is EXACT
+    # the last edge into a claim: the claim keeps its meaning, its inputs are resampled
+    g2 = apply(h, [RemoveEdge("Embed", "Head(1.0)", "q"), RemoveEdge("Embed", "Head(1.0)", "k")])
+    assert g2.find("Head(1.0)").scrub_inputs and len(g2.claims) == 2
+    with pytest.raises(ScrubError, match="no such edge"):
+        apply(h, [RemoveEdge("Embed", "Head(1.0)", "v")])
+
+
+@pytest.mark.parametrize("tau", [-0.1, float("nan"), "0.1", float("inf"), True])
+def test_bad_tau(attn_model, data, tau):
+    with pytest.raises(OptionsError, match="tau"):
+        search(attn_model, attn_model, data, tau=tau)
+
+
+def test_bad_features(attn_model, data):
+    with pytest.raises(OptionsError, match="empty"):
+        search(attn_model, attn_model, data, features=[])
+    with pytest.raises(OptionsError, match="other than EXACT"):
+        search(attn_model, attn_model, data, features=[EXACT])
+
+
+def test_start_from_another_model(attn_model, data):
+    h = Hypothesis("bigger")
+    h.claim(Head(5, 0), EXACT, into=h.output())
+    with pytest.raises(ComponentError, match="layers"):
+        search(h, attn_model, data)
+    with pytest.raises(ScrubError, match="start must be"):
+        search(42, attn_model, data)
