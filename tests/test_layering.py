@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("components", ("scrub.components",)),
     ("data", ("scrub.data",)),
     # the zoo's shelf: the shipped models and their recipes (the model loader lists and loads them)
-    ("zoo models", ("scrub.zoo", "scrub.zoo.recipes")),
+    ("zoo models", ("scrub.zoo", "scrub.zoo.recipes", "scrub.zoo.known")),
     ("model", ("scrub.model.*",)),
     ("metrics", ("scrub.metrics",)),
     ("hypothesis", ("scrub.hypothesis.*",)),

@@ -53,6 +53,7 @@ class CurvePoint:
     claims: int
     loss_recovered: float
     stderr: float
+    hypothesis: Optional[Hypothesis] = attrs.field(default=None, eq=False, repr=False)
 
 
 def _num(x: float) -> Optional[float]:

@@ -247,7 +247,8 @@ def search(
     finals = {t: scorer.final(found[t][0]) for t in curve_taus}
     start_result = scorer.final(h)
     curve = tuple(
-        CurvePoint(t, len(found[t][0].edges), len(found[t][0].claims) - 1, finals[t].loss_recovered, finals[t].stderr)
+        CurvePoint(t, len(found[t][0].edges), len(found[t][0].claims) - 1, finals[t].loss_recovered, finals[t].stderr,
+                   found[t][0])
         for t in curve_taus
     )
     feature_names = _feature_names(features)
