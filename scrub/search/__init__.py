@@ -8,5 +8,6 @@ scrubbing semantics), removing edges and coarsening EXACT claims while loss reco
 from scrub.search.changes import Coarsen, RemoveEdge, apply
 from scrub.search.result import CurvePoint, Decision, SearchResult, Step
 from scrub.search.walk import search
+from scrub.search.worst import WorstSubpopulation, worst_subpopulation
 
-__all__ = ["search", "SearchResult", "Decision", "Step", "CurvePoint", "RemoveEdge", "Coarsen", "apply"]
+__all__ = ["search", "SearchResult", "Decision", "Step", "CurvePoint", "RemoveEdge", "Coarsen", "apply", "worst_subpopulation", "WorstSubpopulation"]
