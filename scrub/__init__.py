@@ -27,6 +27,8 @@ from scrub.result import Result
 from scrub.reporting.build import compare, generality, report
 from scrub.api import evaluate_many
 from scrub.model.loaders import from_hf, load_model
+from scrub import search  # the package is callable: scrub.search(h, model, data, tau=...)
+from scrub.search import worst_subpopulation
 
 __version__ = "0.1.0"
 
@@ -58,6 +60,8 @@ __all__ = [
     "report",
     "compare",
     "generality",
+    "search",
+    "worst_subpopulation",
     "plan",
     "Schedule",
     "Result",

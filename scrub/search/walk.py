@@ -96,7 +96,7 @@ def _order(h: Hypothesis) -> list[str]:
 class _Scorer:
     """Scores lists of hypotheses with one engine and one options value (a call per seed)."""
 
-    def __init__(self, model, data: Dataset, options: RunOptions) -> None:
+    def __init__(self, model, data: Dataset, options: RunOptions, batched: bool = True) -> None:
         import attrs
 
         self.model, self.data = model, data
@@ -105,11 +105,13 @@ class _Scorer:
         self.runner = make_engine(options.engine, model, data, **options.engine_options())
         self.calls = 0
         self.scored = 0
+        self.batched = batched
 
     def lr(self, hyps: list[Hypothesis]) -> list[float]:
         prepare(hyps, self.model, self.data, self.options, "search()")
-        results = scrub_many(hyps, self.model, self.data, self.options, runner=self.runner)
-        self.calls += 1
+        groups = [hyps] if self.batched else [[h] for h in hyps]
+        results = [r for group in groups for r in scrub_many(group, self.model, self.data, self.options, runner=self.runner)]
+        self.calls += len(groups)
         self.scored += len(hyps)
         return [r.loss_recovered for r in results]
 
@@ -201,6 +203,7 @@ def search(
     n_boot: int = 1000,
     progress: bool = False,
     name: Optional[str] = None,
+    batch_candidates: bool = True,
 ) -> SearchResult:
     """Prune (and coarsen) a hypothesis while loss recovered holds: ACDC's walk, scrubbing semantics.
 
@@ -216,6 +219,8 @@ def search(
             `scrub.evaluate` (every candidate is scored on the same rows and seeds).
         progress: print one line per step.
         name: the found hypothesis's name (default: "<start> (searched, tau=...)").
+        batch_candidates: False scores every candidate in its own engine call (same decisions,
+            slower: for benchmarks).
 
     Returns:
         A `SearchResult`: the found hypothesis, its `Result`, the decisions and the curve.
@@ -236,7 +241,7 @@ def search(
     options = RunOptions(seeds=seeds, metric=metric, n=n, engine=engine, batch_size=batch_size,
                          memory_budget_mb=memory_budget_mb, device=device, ci_level=ci_level, n_boot=n_boot)
     prepare([h], model, data, options, "search()")  # every check before the first forward pass
-    scorer = _Scorer(model, data, options)
+    scorer = _Scorer(model, data, options, batched=bool(batch_candidates))
     log = print if progress else None
     found: dict[float, tuple[Hypothesis, list[Step]]] = {}
     for t in curve_taus:
