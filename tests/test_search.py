@@ -108,3 +108,47 @@ def test_start_from_another_model(attn_model, data):
         search(h, attn_model, data)
     with pytest.raises(ScrubError, match="start must be"):
         search(42, attn_model, data)
+
+
+KNOWN_FILE = '''
+import scrub
+from scrub import EXACT, Feature, Head, Hypothesis
+from scrub.zoo import known
+
+
+def model():
+    return known.load("lookup-known")
+
+
+def dataset():
+    return known.dataset("lookup-known", n=64)
+
+
+def hypotheses():
+    h = Hypothesis("last head")
+    h.claim(Head(1, 0), EXACT, into=h.output())
+    return [h]
+
+
+def search_features():
+    return [Feature.token()]
+'''
+
+
+def test_cli_search_writes_json_html_python(tmp_path, capsys):
+    from scrub.cli import main
+
+    path = tmp_path / "known_hyps.py"
+    path.write_text(KNOWN_FILE)
+    out = {k: tmp_path / f"s.{k}" for k in ("json", "html", "py")}
+    code = main(["search", str(path), "--tau", "0.05", "--taus", "0.5", "--seeds", "1", "--no-progress",
+                 "--json", str(out["json"]), "--html", str(out["html"]), "--python", str(out["py"])])
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(out["json"].read_text())
+    assert [p["tau"] for p in data["curve"]] == [0.05, 0.5]
+    assert "<svg" in out["html"].read_text()
+    space: dict = {}
+    exec(out["py"].read_text(), space)
+    assert len(space["found"]({"token": Feature.token()}).edges) == len(data["found"]["edges"])
+    assert main(["search", str(path), "--start", "nope", "--no-progress"]) == 2
+    assert "no hypothesis of that name" in capsys.readouterr().err

@@ -36,8 +36,9 @@ def test_full_recovers_everything_by_the_identity(any_model, data):
     res = scrub.evaluate(h, any_model, data, seeds=2)
     assert res.m_scrub == pytest.approx(res.m_model, abs=1e-4)
     assert res.loss_recovered == pytest.approx(1.0, abs=1e-3)
-    ref = scrub.evaluate(h, any_model, data.head(12), seeds=1, engine="reference")
-    assert ref.m_scrub == pytest.approx(ref.m_model, abs=1e-4)
+    if any_model.cfg.attn_only:  # the reference engine runs a forward pass per tree node: keep it small
+        ref = scrub.evaluate(h, any_model, data.head(12), seeds=1, engine="reference")
+        assert ref.m_scrub == pytest.approx(ref.m_model, abs=1e-4)
 
 
 def test_tree_size_counts_the_treeified_nodes(attn_model):
