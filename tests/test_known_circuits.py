@@ -48,3 +48,24 @@ def test_search_from_full_recovers_the_true_edges(name):
 def test_unknown_name():
     with pytest.raises(ScrubError, match="available"):
         known.load("nope")
+
+
+@pytest.mark.slow
+def test_search_on_the_trained_induction_model_matches_the_refined_hypothesis():
+    """From the whole model, with the refined hypothesis's features as candidates, the search finds a
+    hypothesis at least as good as the hand-written refined one: no more edges, and loss recovered no
+    lower (beyond twice the SE). Pruning alone cannot grow the naive hypothesis (it can only remove
+    what it claims), so the start is `Hypothesis.full`; the naive hypothesis is the floor."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("induction_hyps", Path(__file__).parents[1] / "hypotheses" / "induction.py")
+    ind = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ind)
+    model, data = ind.model(), ind.dataset(n=128)
+    features = [scrub.Feature.token(), scrub.Feature.prev_token(), ind.TOKEN_AND_PREVIOUS]
+    res = search(Hypothesis.full(model), model, data, tau=0.01, features=features, seeds=1)
+    naive, refined = scrub.evaluate_many([ind.naive(), ind.refined()], model, data, seeds=1)
+    assert len(res.hypothesis.edges) <= len(ind.refined().edges)
+    assert res.loss_recovered >= refined.loss_recovered - 2 * max(res.stderr, refined.stderr)
+    assert res.loss_recovered > naive.loss_recovered
