@@ -63,7 +63,10 @@ def test_search_on_the_trained_induction_model_matches_the_refined_hypothesis():
     ind = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ind)
     model, data = ind.model(), ind.dataset(n=128)
-    features = [scrub.Feature.token(), scrub.Feature.prev_token(), ind.TOKEN_AND_PREVIOUS]
+    # candidates for the embeddings and layer-0 heads (leaves); coarsening a claim with children to a
+    # per-position feature treeifies it per position (32 copies here), too costly to try on layer 1
+    l0 = [ind.TOKEN_AND_PREVIOUS, scrub.Feature.prev_token(), scrub.Feature.token()]
+    features = {scrub.Embed(): [scrub.Feature.token()], **{scrub.Head(0, h): l0 for h in range(4)}}
     res = search(Hypothesis.full(model), model, data, tau=0.01, features=features, seeds=1)
     naive, refined = scrub.evaluate_many([ind.naive(), ind.refined()], model, data, seeds=1)
     assert len(res.hypothesis.edges) <= len(ind.refined().edges)

@@ -212,7 +212,10 @@ def search(
         model, data: as in `scrub.evaluate`.
         tau: keep a change if loss recovered drops by less than ``tau`` (a fraction: 0.02 = 2 points).
         features: candidate features to coarsen `EXACT` claims to: one list for every claim, or a
-            dict from claim name (or component) to a list; None: only remove edges.
+            dict from claim name (or component) to a list; None: only remove edges. Coarsening a
+            claim that has children to a per-position feature (``Feature.token()``) treeifies it
+            per position (one copy of its subtree per position), which is costly on a deep start:
+            give such features for leaves (embeddings, early heads) with a dict.
         taus: also search with each of these thresholds, for the size-vs-LR curve (``tau`` is
             always on it).
         metric, seeds, n, engine, batch_size, memory_budget_mb, device, ci_level, n_boot: as in
