@@ -152,3 +152,30 @@ def test_cli_search_writes_json_html_python(tmp_path, capsys):
     assert len(space["found"]({"token": Feature.token()}).edges) == len(data["found"]["edges"])
     assert main(["search", str(path), "--start", "nope", "--no-progress"]) == 2
     assert "no hypothesis of that name" in capsys.readouterr().err
+
+
+def test_taus_must_be_a_list(attn_model, data):
+    with pytest.raises(OptionsError, match="taus"):
+        search(attn_model, attn_model, data, taus="0.1")
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sets(st.integers(0, 40), max_size=12), st.integers(0, 5))
+def test_apply_keeps_a_valid_subgraph(drop, coarsen):
+    """Removing any set of edges leaves a valid hypothesis whose edges are a subset, every claim
+    reaching the output; the start is unchanged."""
+    from scrub.hypothesis.shape import ModelShape
+
+    shape = ModelShape(n_layers=2, n_heads=2, n_ctx=8, attn_only=True)
+    h = Hypothesis.full(shape)
+    edges = h.edges
+    changes = [RemoveEdge.of(edges[i % len(edges)]) for i in drop]
+    claim = h.claims[1 + coarsen % (len(h.claims) - 1)]
+    g = apply(h, changes + [Coarsen(claim.name, Feature.token())])
+    g.validate(shape)
+    key = lambda e: (e.child.name, e.parent.name, e.port)  # noqa: E731
+    assert {key(e) for e in g.edges} <= {key(e) for e in h.edges} - {(c.child, c.parent, c.port) for c in changes}
+    assert len(h.edges) == len(edges)

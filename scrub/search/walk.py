@@ -234,9 +234,9 @@ def search(
             forward pass.
     """
     tau = _check_tau(tau)
-    curve_taus = sorted({tau, *(_check_tau(t, "taus[...]") for t in (taus or ()))})
     if taus is not None and (isinstance(taus, (str, bytes)) or not isinstance(taus, (list, tuple))):
         raise OptionsError(f"search(): taus must be a list of numbers, got {taus!r}")
+    curve_taus = sorted({tau, *(_check_tau(t, "taus[...]") for t in (taus or ()))})
     features = _check_features(features)
     check_model(model, "search()")
     check_dataset(data, "search()")
