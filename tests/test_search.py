@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
-import torch
 
 import scrub
 from scrub import EXACT, Embed, Feature, Head, Hypothesis
@@ -77,7 +75,7 @@ def test_apply_removes_and_coarsens():
     h = Hypothesis("h")
     out = h.output()
     a = h.claim(Head(1, 0), EXACT, into=out)
-    e = h.claim(Embed(), EXACT, into=[(a, "q"), (a, "k")])
+    h.claim(Embed(), EXACT, into=[(a, "q"), (a, "k")])
     g = apply(h, [RemoveEdge("Embed", "Head(1.0)", "q"), Coarsen("Embed", Feature.token())])
     assert [(x.port) for x in g.edges if x.child.name == "Embed"] == ["k"]
     assert g.find("Embed").feature.name == "token" and h.find("Embed").feature is EXACT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import scrub
 from scrub import MLP, Embed, Head, Hypothesis, PosEmbed

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import scrub
-from scrub import EXACT, Dataset, Feature, Head, Hypothesis
+from scrub import EXACT, Feature, Head, Hypothesis
 from scrub.api import build_result
 from scrub.errors import FeatureError, OptionsError, ReportError
 from scrub.metrics import resolve
@@ -44,7 +44,7 @@ def test_per_row_mean_is_the_loss_recovered(result):
 def test_groups_recombine_into_the_whole(result, data):
     """LR is a ratio of means: the groups' LRs, weighted by each group's share of the gap, give it back."""
     sub = subpopulations(result, data, [THIRD])
-    m, b, s = result.rows.model.double(), result.rows.base.double().mean(0), result.rows.scrub.double().mean(0)
+    m, b = result.rows.model.double(), result.rows.base.double().mean(0)
     ids = torch.arange(result.n_rows) % 3
     total_gap = float((b - m).sum())
     combined = sum(g.lr.value * float((b - m)[ids == int(g.label)].sum()) / total_gap for g in sub.by["third"])

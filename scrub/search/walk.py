@@ -23,7 +23,7 @@ Two coarsenings of one claim are alternatives: only the best one enters the pref
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import networkx as nx
 

@@ -109,6 +109,6 @@ def worst_subpopulation(
 
     scored = [(point(mask), conds, mask) for conds, mask in candidates]
     finite = [x for x in scored if math.isfinite(x[0])]
-    value, conds, mask = min(finite or scored, key=lambda x: x[0])
+    _value, conds, mask = min(finite or scored, key=lambda x: x[0])
     lr = group_lr(result, mask, result.ci_level)
     return WorstSubpopulation(conds, int(mask.sum()), lr, result.rows.reference[mask], result, len(candidates))
