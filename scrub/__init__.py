@@ -28,6 +28,8 @@ from scrub.reporting.build import compare, generality, report
 from scrub.api import evaluate_many
 from scrub.model.loaders import from_hf, load_model
 from scrub.store.sweep import evaluate_sharded, sweep
+from scrub import search  # the package is callable: scrub.search(h, model, data, tau=...)
+from scrub.search import worst_subpopulation
 
 __version__ = "0.1.0"
 
@@ -61,6 +63,8 @@ __all__ = [
     "generality",
     "sweep",
     "evaluate_sharded",
+    "search",
+    "worst_subpopulation",
     "plan",
     "Schedule",
     "Result",

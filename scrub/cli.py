@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="scrub", description="Causal scrubbing of the hypotheses in a hypothesis file.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"scrub {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,compare,sweep,show,patch}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{run,compare,search,patch,sweep,show}", parser_class=_Parser)
     common = _Parser(add_help=False)
     common.add_argument("file", help="hypothesis file (defines model(), dataset()/datasets(), hypotheses())")
     common.add_argument("--json", metavar="F", help="write the results as JSON to F (atomically)")
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("compare", parents=[common], help="compare the hypotheses of FILE", epilog=EPILOG,
                    formatter_class=argparse.RawDescriptionHelpFormatter,
                    description="Compare every hypothesis of FILE on the same rows and seeds (paired differences).")
+    _add_search_parser(sub, common)  # `scrub search`
     _add_store_commands(sub)
     _add_patch_command(sub)
     return parser
@@ -455,6 +456,56 @@ def _compare(args) -> int:
     return _write_outputs([("--json", args.json, cmp.to_json), ("--html", args.html, cmp.to_html)])
 
 
+# ---- scrub search (task J) --------------------------------------------------------------------
+
+
+def _taus(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers (e.g. 0.01,0.02,0.05)") from None
+
+
+def _add_search_parser(sub, common) -> None:
+    search = sub.add_parser(
+        "search", parents=[common], help="prune a hypothesis of FILE (or the whole model) while LR holds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="ACDC's walk with scrubbing semantics: from the output backwards, remove each edge (and coarsen "
+                    "EXACT claims to the file's search_features(), if it defines one) whose removal drops loss "
+                    "recovered by less than --tau.")
+    search.add_argument("--tau", type=float, default=0.02, help="largest drop in LR a kept change may cause (default 0.02)")
+    search.add_argument("--taus", type=_taus, default=None, metavar="T1,T2,...",
+                        help="also search with these taus, for the size-vs-LR curve")
+    search.add_argument("--start", default="full", metavar="NAME",
+                        help="the hypothesis of FILE to start from, or 'full' (the whole model; default)")
+    search.add_argument("--python", metavar="F", help="write the found hypothesis as Python code to F (atomically)")
+
+
+def _search(args) -> int:
+    from scrub.reporting.files import write_text
+    from scrub.search import search
+
+    args.python = _out_path("--python", args.python)
+    spec, options, model, data, hyps = _load(args)
+    if args.start == "full":
+        start = "full"
+    else:
+        matches = [h for h in hyps if h.name == args.start]
+        if not matches:
+            raise UsageError(f"--start {args.start!r}: FILE has no hypothesis of that name; it has "
+                             f"{[h.name for h in hyps]} (or use --start full)")
+        start = matches[0]
+    features = spec.module.search_features() if callable(getattr(spec.module, "search_features", None)) else None
+    result = search(start, model, data, tau=args.tau, taus=args.taus, features=features, metric=options.metric,
+                    seeds=options.seeds, n=options.n, device=options.device, progress=args.progress)
+    print(result)
+    return _write_outputs([
+        ("--json", args.json, result.to_json),
+        ("--html", args.html, result.to_html),
+        ("--python", args.python, lambda path: write_text(path, result.to_python())),
+    ])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``scrub`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -464,7 +515,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except SystemExit as exc:  # --help / --version
             return int(exc.code or 0)
         if args.command is None:
-            raise UsageError("give a command: run, compare, sweep or show (see 'scrub --help')")
+            raise UsageError("give a command: run, compare, search, patch, sweep or show (see 'scrub --help')")
         args.json = _out_path("--json", args.json)
         args.html = _out_path("--html", args.html)
         if args.json is not None and args.html is not None and args.json.absolute() == args.html.absolute():
@@ -484,7 +535,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return code
 
 
-COMMANDS.update(run=_run, compare=_compare, sweep=_sweep, show=_show, patch=_patch)
+COMMANDS.update(run=_run, compare=_compare, search=_search, sweep=_sweep, show=_show, patch=_patch)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import attrs
 import torch
 
-from scrub.data import Dataset
+from scrub.data import Dataset, Feature
 from scrub.errors import OptionsError
 from scrub.hypothesis import Hypothesis
 from scrub.metrics import Metric, resolve
@@ -257,6 +257,19 @@ def _optional_metric(value: Any) -> Optional[Metric]:
     return None if value is None else resolve(value)
 
 
+def _by(value: Any) -> tuple:
+    """``by=``: features to split the reference rows by (see `scrub.reporting.subpopulations`)."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, Feature) else value
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise _bad("by", value, "a list of scrub.Feature (one value per row), e.g. [Feature.extra('period')]")
+    for f in items:
+        if not isinstance(f, Feature) or f.exact:
+            raise _bad("by", value, f"a list of scrub.Feature other than EXACT; {_show(f)} is not one")
+    return tuple(items)
+
+
 def _run_options(value: Any) -> RunOptions:
     if not isinstance(value, RunOptions):
         raise _bad("run", value, "a scrub.options.RunOptions")
@@ -282,6 +295,7 @@ class ReportOptions:
     compensation: bool = attrs.field(default=True, converter=_flag("compensation"))
     compensation_metric: Optional[Metric] = attrs.field(default=None, converter=_optional_metric)
     datasets: Optional[dict] = attrs.field(default=None, converter=_datasets)
+    by: tuple = attrs.field(default=(), converter=_by)
 
 
 def merge(where: str, options: Any, cls: type, given: Mapping[str, Any], defaults: Mapping[str, Any]):

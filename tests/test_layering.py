@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("components", ("scrub.components",)),
     ("data", ("scrub.data",)),
     # the zoo's shelf: the shipped models and their recipes (the model loader lists and loads them)
-    ("zoo models", ("scrub.zoo", "scrub.zoo.recipes")),
+    ("zoo models", ("scrub.zoo", "scrub.zoo.recipes", "scrub.zoo.known")),
     ("model", ("scrub.model.*",)),
     ("metrics", ("scrub.metrics",)),
     ("hypothesis", ("scrub.hypothesis.*",)),
@@ -49,6 +49,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # exploration before hypotheses: activation, path and attribution patching on the model view
     ("patching", ("scrub.patching.*",)),
     ("reporting", ("scrub.reporting.*",)),
+    # search: pruning and coarsening over hypotheses, scored through api; renders its own result
+    ("search", ("scrub.search.*",)),
     ("tasks", ("scrub.tasks.*",)),
     # the zoo's workshop: training a recipe, measuring the result, writing its record
     ("zoo training", ("scrub.zoo.train", "scrub.zoo.measure", "scrub.zoo.record")),

@@ -45,6 +45,14 @@ class Hypothesis:
         self._root: Optional[Claim] = None
         self._next_edge = 0
 
+    @classmethod
+    def full(cls, model, name: str = "full model", layers=None) -> "Hypothesis":
+        """The whole model as a hypothesis: every component EXACT into every port of every later
+        component and the output (recovers 100%; see `scrub.hypothesis.full` for its size)."""
+        from scrub.hypothesis.full import full
+
+        return full(cls, model, name, layers)
+
     # ---- building -----------------------------------------------------------------------------
 
     def output(self) -> Claim:

@@ -16,7 +16,7 @@ import attrs
 
 from scrub.api import check_data_fits, evaluate_many, prepare, scrub_many
 from scrub.components import Output, stage
-from scrub.data import Dataset
+from scrub.data import Dataset, Feature
 from scrub.errors import ReportError
 from scrub.hypothesis import Hypothesis, ModelShape
 from scrub.metrics import Estimate, Metric, lr_combination, mean_difference
@@ -25,6 +25,7 @@ from scrub.options import ReportOptions, RunOptions, check_dataset, check_hypoth
 from scrub.reporting import variants as V
 from scrub.reporting.ablation import ablated_logits
 from scrub.reporting.files import environment, model_fingerprint
+from scrub.reporting.subpopulations import check_by, subpopulations
 from scrub.reporting.results import (
     Comparison,
     Compensation,
@@ -149,7 +150,7 @@ REPORT_DEFAULTS = dict(
 )
 REPORT_ONLY_DEFAULTS = dict(
     leave_one_out=True, alone=True, paths=True, paths_limit=64, subgraphs=None, pairs="downstream", max_pairs=20,
-    min_effect=0.02, compensation=True, compensation_metric=None, datasets=None,
+    min_effect=0.02, compensation=True, compensation_metric=None, datasets=None, by=None,
 )
 
 
@@ -175,6 +176,7 @@ def report(
     compensation: bool = True,
     compensation_metric: Union[None, str, Metric, Callable] = None,
     datasets: Optional[Mapping[str, Dataset]] = None,
+    by: Optional[Sequence[Feature]] = None,
     ci_level: float = 0.95,
     n_boot: int = 1000,
     progress: bool = False,
@@ -202,6 +204,9 @@ def report(
             saturates, so two heads pushing the same logit look like backups even when neither
             reacts to the other; ``"target_logit"`` (linear) separates real self-repair from that.
         datasets: other datasets, by name, for the generality table.
+        by: features with one value per row (e.g. ``Feature.extra("period")``): loss recovered per
+            value, with CIs (`scrub.reporting.subpopulations`). Every report also shows the
+            distribution of per-row recovered loss, the worst 5% of rows and a cancellation check.
         progress: show progress bars.
         memory_budget_mb: the batched engine's working-memory budget (default 4096).
         options: a `scrub.options.ReportOptions` (or a `RunOptions` for the scrub, with the report's
@@ -216,7 +221,8 @@ def report(
                      device=device)
     report_given = dict(leave_one_out=leave_one_out, alone=alone, paths=paths, paths_limit=paths_limit,
                         subgraphs=subgraphs, pairs=pairs, max_pairs=max_pairs, min_effect=min_effect,
-                        compensation=compensation, compensation_metric=compensation_metric, datasets=datasets)
+                        compensation=compensation, compensation_metric=compensation_metric, datasets=datasets,
+                        by=by)
     if isinstance(options, RunOptions):
         opts = ReportOptions(run=merge("report()", options, RunOptions, run_given, REPORT_DEFAULTS), **report_given)
     elif options is None:
@@ -257,6 +263,7 @@ def _report(h: Hypothesis, model, data: Dataset, opts: ReportOptions) -> Report:
     pair_variants = [V.without_pair(h, a, b) for a, b in pair_list]
     hyps = [h] + [v.hypothesis for v in variants] + [v.hypothesis for v in extra_loo] + pair_variants
     prepare(hyps, model, data, run, "report()")
+    findings += check_by(opts.by, data, run.n)  # before any forward pass
     for ds in (opts.datasets or {}).values():
         prepare([h], model, ds, run, "report()")
     compensation_metric = opts.compensation_metric or metric
@@ -307,12 +314,15 @@ def _report(h: Hypothesis, model, data: Dataset, opts: ReportOptions) -> Report:
 
     general = tuple(_generality(h, model, opts.datasets, attrs.evolve(run, progress=False)).items()) if opts.datasets else ()
     findings += _generality_findings(full, general)
+    subpops = subpopulations(full, data, opts.by, n_boot=run.n_boot)
+    findings += subpops.findings()
     findings += list(full.warnings)
     meta = _meta(model, data, run.seeds, metric, full, ci_level=run.ci_level, n_boot=run.n_boot,
                  datasets={name: r.dataset for name, r in general})
     return Report(
         hypothesis=h.name, full=full, subgraphs=tuple(sub_results), joint=tuple(joint), compensation=tuple(comp),
         generality=general, findings=tuple(findings), meta=meta, graph=_graph(h, contributions, ModelShape.of(model).n_layers),
+        subpopulations=subpops,
     )
 
 

@@ -268,6 +268,10 @@ def _report_section(d: dict, anchor: str = "report") -> str:
                        "lowers loss recovered; blue: removing it raises it; grey: unknown.", "graph"))
     out.append("<h3>Serial redundancy</h3>")
     out.append(_redundancy(d, [n.get("name") for n in graph.get("nodes", [])]))
+    if d.get("subpopulations"):
+        from scrub.reporting.subpopulations import section_html
+
+        out.append(section_html(d["subpopulations"]))
     if d.get("generality"):
         grow = [_bar_row(g.get("dataset", ""), g.get("result") or {}) for g in d["generality"]]
         out.append("<h3>Generality</h3>" + _bar_figures(grow, "Loss recovered by the same hypothesis on each dataset.", "gen-bars"))

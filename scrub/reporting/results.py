@@ -126,10 +126,11 @@ class Report:
     findings: tuple[str, ...]
     meta: dict
     graph: dict
+    subpopulations: Optional[Any] = None  # scrub.reporting.subpopulations.Subpopulations
 
     def to_dict(self) -> dict[str, Any]:
         """Every number of the report, JSON-ready."""
-        return {
+        out = {
             "kind": "scrub.report",
             "hypothesis": self.hypothesis,
             "full": self.full.to_dict(),
@@ -143,6 +144,9 @@ class Report:
             "meta": self.meta,
             "graph": self.graph,
         }
+        if self.subpopulations is not None:
+            out["subpopulations"] = self.subpopulations.to_dict()
+        return out
 
     def to_json(self, path: str | Path) -> Path:
         """Write `to_dict` as JSON, atomically."""
@@ -215,6 +219,8 @@ class Report:
             rows = [[name, pct(r.loss_recovered), pct(r.stderr, 2), f"[{pct(r.ci[0])}, {pct(r.ci[1])}]",
                      num(r.m_model), num(r.m_scrub), num(r.m_base)] for name, r in self.generality]
             parts += ["", format_table(["dataset", "LR", "SE", "CI", "model", "scrubbed", "baseline"], rows, "Generality")]
+        if self.subpopulations is not None:
+            parts += ["", str(self.subpopulations)]
         if self.findings:
             parts += ["", "Findings:"] + [f"  - {x}" for x in self.findings]
         return "\n".join(parts)

@@ -1,0 +1,132 @@
+"""The changes a search tries on a hypothesis, and applying them (the original is never changed).
+
+A change is a frozen value naming claims by name (names are unique within a hypothesis, and a
+variant keeps them), so a change found on one hypothesis applies to its variants:
+
+* `RemoveEdge`: drop the edge ``child -> parent.port``; the parent's port then reads the child's
+  output from the parent's "other" datum (resampled). A claim left without parents is dropped
+  with everything that only fed it; a claim left without children keeps its meaning: its inputs
+  are resampled (``scrub_inputs``), it does not become a leaf (`variants.copy_keeping`).
+* `Coarsen`: replace a claim's feature (`EXACT`) by a coarser one, so its datum is drawn from the
+  rows that agree with its parent's datum on that feature only.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Optional, Union
+
+import attrs
+import networkx as nx
+
+from scrub.data import Feature
+from scrub.errors import HypothesisError
+from scrub.hypothesis import Claim, Edge, Hypothesis
+from scrub.hypothesis import building
+
+__all__ = ["RemoveEdge", "Coarsen", "Change", "apply", "edge_key", "size"]
+
+
+@attrs.frozen
+class RemoveEdge:
+    """Remove the edge ``child -> parent.port`` (at ``positions``; None: every position)."""
+
+    child: str
+    parent: str
+    port: str
+    positions: Optional[tuple[int, ...]] = None
+
+    @classmethod
+    def of(cls, edge: Edge) -> "RemoveEdge":
+        return cls(edge.child.name, edge.parent.name, edge.port, edge.positions)
+
+    @property
+    def claim(self) -> str:
+        """The claim whose step tries this change (the edge's parent)."""
+        return self.parent
+
+    def __str__(self) -> str:
+        where = "" if self.positions is None else f" @pos{list(self.positions)}"
+        return f"remove {self.child} -> {self.parent}.{self.port}{where}"
+
+
+@attrs.frozen
+class Coarsen:
+    """Replace the feature of claim ``target`` by ``feature``."""
+
+    target: str
+    feature: Feature = attrs.field(eq=False)
+    feature_name: str = attrs.field(default="")
+
+    def __attrs_post_init__(self) -> None:
+        if not self.feature_name:
+            object.__setattr__(self, "feature_name", self.feature.name)
+
+    @property
+    def claim(self) -> str:
+        return self.target
+
+    def __str__(self) -> str:
+        return f"coarsen {self.target}: EXACT -> {self.feature_name}"
+
+
+Change = Union[RemoveEdge, Coarsen]
+
+
+def edge_key(edge: Edge) -> tuple:
+    """An edge by names: ``(child, parent, port, positions)``."""
+    return (edge.child.name, edge.parent.name, edge.port, edge.positions)
+
+
+def size(h: Hypothesis) -> int:
+    """The size a search minimises: the number of edges."""
+    return len(h.edges)
+
+
+def apply(h: Hypothesis, changes: Iterable[Change], name: Optional[str] = None) -> Hypothesis:
+    """A copy of ``h`` with ``changes`` made (in any order: removals and coarsenings commute).
+
+    Raises:
+        HypothesisError: a change names a claim or edge ``h`` does not have.
+    """
+    changes = list(changes)
+    names = {c.name for c in h.claims}
+    drop = set()
+    features: dict[str, Feature] = {}
+    keys = {edge_key(e) for e in h.edges}
+    for change in changes:
+        if isinstance(change, RemoveEdge):
+            key = (change.child, change.parent, change.port, change.positions)
+            if key not in keys:
+                raise HypothesisError(f"{h.name}: cannot {change}: no such edge; its edges are {[str(e) for e in h.edges]}")
+            drop.add(key)
+        elif isinstance(change, Coarsen):
+            if change.target not in names:
+                raise HypothesisError(f"{h.name}: cannot {change}: no claim named {change.target!r}")
+            features[change.target] = change.feature
+        else:
+            raise HypothesisError(f"{h.name}: {change!r} is not a search change (RemoveEdge or Coarsen)")
+    return copy_with(h, lambda e: edge_key(e) not in drop, features, name or h.name)
+
+
+def copy_with(h: Hypothesis, keep_edge, features: Mapping[str, Feature], name: str) -> Hypothesis:
+    """`variants.copy_keeping` with some claims' features replaced (by claim name)."""
+    top = h.root
+    new = type(h)(name)
+    mapping: dict[int, Claim] = {top.index: new.output()}
+    kept = [e for e in h.edges if keep_edge(e)]
+    skeleton = nx.MultiDiGraph()
+    skeleton.add_node(top.index)
+    for e in kept:
+        skeleton.add_edge(e.child.index, e.parent.index)
+    reaching = nx.ancestors(skeleton, top.index)
+    for claim in h.claims[1:]:
+        if claim.index in reaching:
+            orphaned = bool(h.children(claim)) and skeleton.in_degree(claim.index) == 0
+            feature = features.get(claim.name, claim.feature)
+            mapping[claim.index] = building.add_claim(
+                new, claim.component, feature, claim.name, claim.scrub_inputs or orphaned
+            )
+    for e in kept:
+        if e.child.index in mapping and e.parent.index in mapping:
+            building.add_edge(new, mapping[e.child.index], mapping[e.parent.index], e.port, e.positions)
+    return new

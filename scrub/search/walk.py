@@ -1,0 +1,279 @@
+"""`scrub.search`: ACDC's walk (Conmy et al. 2023) over a hypothesis, with scrubbing semantics.
+
+Claims are visited from the output backwards (reverse topological order: a claim after every
+claim it feeds). At each claim the walk tries every candidate change (`scrub.search.changes`):
+removing each edge into the claim (the parent's port then reads that child from the resampled
+"other" datum) and, when candidate features are given and the claim is `EXACT`, coarsening it to
+each of them. A change is kept when loss recovered drops by less than ``tau``
+(``LR_before - LR_after < tau``; a change that raises LR is kept too).
+
+One step (one claim) costs two batched calls, each one engine call per seed with every
+hypothesis of the call on the same rows and seeds (common random numbers):
+
+1. the current hypothesis and each candidate alone: candidates whose drop is ``>= tau`` are
+   dropped for good;
+2. the surviving candidates, best first, applied cumulatively (prefixes ``c1``, ``c1+c2``, ...):
+   ACDC's sequential rule decides each in the context of the ones kept before it, so a change
+   is kept if the prefix that adds it drops LR by less than ``tau`` from the prefix before. At the
+   first prefix that fails, the rest are tried again (from call 1) on the new hypothesis.
+
+Two coarsenings of one claim are alternatives: only the best one enters the prefixes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import networkx as nx
+
+from scrub.api import make_engine, prepare, scrub_many
+from scrub.data import Dataset, Feature
+from scrub.errors import HypothesisError, OptionsError
+from scrub.hypothesis import Claim, Hypothesis
+from scrub.options import RunOptions, check_dataset, check_model
+from scrub.search.changes import Change, Coarsen, RemoveEdge, apply, size
+from scrub.search.result import CurvePoint, Decision, SearchResult, Step
+
+__all__ = ["search", "Features"]
+
+# candidate features: one list for every claim, or a list per claim name / component
+Features = Union[None, Sequence[Feature], dict]
+
+_CANDIDATE_BOOT = 10  # candidates need the point value only; the bootstrap is for the final result
+
+
+def _check_tau(value, name: str = "tau") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0 or math.isinf(value):
+        raise OptionsError(
+            f"search(): {name}={value!r} is not allowed; tau is the largest drop in loss recovered a change may "
+            f"cause and must be a finite number >= 0 (e.g. 0.02 for two percentage points)"
+        )
+    return float(value)
+
+
+def _check_features(features: Features) -> Features:
+    if features is None:
+        return None
+
+    def check_list(items, where: str) -> list[Feature]:
+        if isinstance(items, Feature) or not isinstance(items, (list, tuple)):
+            raise OptionsError(f"search(): features{where} must be a list of scrub.Feature, got {items!r}")
+        if not items:
+            raise OptionsError(
+                f"search(): features{where} is empty, so there is nothing to coarsen EXACT to; give candidate "
+                f"features (e.g. [Feature.token(), Feature.prev_token()]) or features=None to only remove edges"
+            )
+        for f in items:
+            if not isinstance(f, Feature) or f.exact:
+                raise OptionsError(
+                    f"search(): features{where} holds {f!r}; candidates must be scrub.Feature values other than EXACT"
+                )
+        return list(items)
+
+    if isinstance(features, dict):
+        if not features:
+            raise OptionsError("search(): features={} names no claim; give a list, a non-empty dict, or None")
+        return {key: check_list(items, f"[{key!r}]") for key, items in features.items()}
+    return check_list(features, "")
+
+
+def _candidate_features(features: Features, claim: Claim) -> list[Feature]:
+    if features is None or claim.is_output or not (claim.feature is not None and claim.feature.exact):
+        return []
+    if isinstance(features, dict):
+        return list(features.get(claim.name, features.get(claim.component, [])))
+    return list(features)
+
+
+def _order(h: Hypothesis) -> list[str]:
+    """Claim names from the output backwards: every claim after all the claims it feeds."""
+    reverse = h.graph.reverse(copy=True)  # parent -> child
+    index = {c: c.index for c in h.claims}
+    return [c.name for c in nx.lexicographical_topological_sort(reverse, key=index.get)]
+
+
+class _Scorer:
+    """Scores lists of hypotheses with one engine and one options value (a call per seed)."""
+
+    def __init__(self, model, data: Dataset, options: RunOptions, batched: bool = True) -> None:
+        import attrs
+
+        self.model, self.data = model, data
+        self.options = attrs.evolve(options, n_boot=_CANDIDATE_BOOT, progress=False)
+        self.final_options = options
+        self.runner = make_engine(options.engine, model, data, **options.engine_options())
+        self.calls = 0
+        self.scored = 0
+        self.batched = batched
+
+    def lr(self, hyps: list[Hypothesis]) -> list[float]:
+        prepare(hyps, self.model, self.data, self.options, "search()")
+        groups = [hyps] if self.batched else [[h] for h in hyps]
+        results = [r for group in groups for r in scrub_many(group, self.model, self.data, self.options, runner=self.runner)]
+        self.calls += len(groups)
+        self.scored += len(hyps)
+        return [r.loss_recovered for r in results]
+
+    def final(self, h: Hypothesis):
+        return scrub_many([h], self.model, self.data, self.final_options, runner=self.runner)[0]
+
+
+def _key(change: Change) -> tuple:
+    return (str(change), id(change.feature) if isinstance(change, Coarsen) else None)
+
+
+def _candidates(h: Hypothesis, name: str, features: Features, decided: set) -> list[Change]:
+    claim = h.find(name)
+    found: list[Change] = [RemoveEdge.of(e) for e in h.children(claim)]
+    found += [Coarsen(name, f) for f in _candidate_features(features, claim)]
+    return [c for c in found if _key(c) not in decided]
+
+
+def _walk(start: Hypothesis, scorer: _Scorer, tau: float, features: Features, log) -> tuple[Hypothesis, list[Step]]:
+    current = start
+    steps: list[Step] = []
+    for name in _order(start):
+        decisions: list[Decision] = []
+        decided: set = set()
+        while name in {c.name for c in current.claims}:  # a removal below may take the claim away
+            cands = _candidates(current, name, features, decided)
+            if not cands:
+                break
+            variants = [apply(current, [c], name=f"{start.name}: {c}") for c in cands]
+            lrs = scorer.lr([current] + variants)
+            before, passing = lrs[0], []
+            for change, after in zip(cands, lrs[1:]):
+                if before - after < tau:
+                    passing.append((before - after, change, after))
+                else:
+                    decided.add(_key(change))
+                    decisions.append(Decision(str(change), before, after, False, "drops LR by tau or more"))
+            if not passing:
+                break
+            passing.sort(key=lambda item: item[0])
+            chosen = [c for i, (_, c, _) in enumerate(passing)
+                      if not (isinstance(c, Coarsen) and any(isinstance(o, Coarsen) for _, o, _ in passing[:i]))]
+            prefixes = [apply(current, chosen[: i + 1], name=f"{start.name}: {name} +{i + 1}") for i in range(len(chosen))]
+            lrs = scorer.lr(prefixes[1:]) if len(prefixes) > 1 else []
+            lrs = [passing[0][2]] + lrs  # the first prefix is the best candidate alone, scored above
+            last, kept = before, 0
+            for change, after in zip(chosen, lrs):
+                if last - after >= tau:
+                    break  # this one and the rest are tried again on the new hypothesis
+                decided.add(_key(change))
+                decisions.append(Decision(str(change), last, after, True, "kept"))
+                last, kept = after, kept + 1
+            current = prefixes[kept - 1]
+            if log:
+                log(f"{name}: kept {kept} of {len(cands)} changes; LR {before:.4f} -> {last:.4f}; {size(current)} edges")
+        steps.append(Step(name, tuple(decisions)))
+    return current, steps
+
+
+def _start(start, model, where: str) -> Hypothesis:
+    if isinstance(start, Hypothesis):
+        return start
+    if isinstance(start, str) and start == "full":
+        return Hypothesis.full(model)
+    if start is model:
+        return Hypothesis.full(model)
+    raise HypothesisError(
+        f"{where}: start must be a Hypothesis, the model itself or 'full' (then the search starts from "
+        f"Hypothesis.full(model)), got {type(start).__name__}"
+    )
+
+
+def search(
+    start,
+    model,
+    data: Dataset,
+    *,
+    tau: float = 0.02,
+    features: Features = None,
+    taus: Optional[Sequence[float]] = None,
+    metric=None,
+    seeds=1,
+    n: Optional[int] = None,
+    engine: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    memory_budget_mb: Optional[float] = None,
+    device=None,
+    ci_level: float = 0.95,
+    n_boot: int = 1000,
+    progress: bool = False,
+    name: Optional[str] = None,
+    batch_candidates: bool = True,
+) -> SearchResult:
+    """Prune (and coarsen) a hypothesis while loss recovered holds: ACDC's walk, scrubbing semantics.
+
+    Args:
+        start: the hypothesis to prune, or the model itself / ``"full"`` for `Hypothesis.full(model)`.
+        model, data: as in `scrub.evaluate`.
+        tau: keep a change if loss recovered drops by less than ``tau`` (a fraction: 0.02 = 2 points).
+        features: candidate features to coarsen `EXACT` claims to: one list for every claim, or a
+            dict from claim name (or component) to a list; None: only remove edges. Coarsening a
+            claim that has children to a per-position feature (``Feature.token()``) treeifies it
+            per position (one copy of its subtree per position), which is costly on a deep start:
+            give such features for leaves (embeddings, early heads) with a dict.
+        taus: also search with each of these thresholds, for the size-vs-LR curve (``tau`` is
+            always on it).
+        metric, seeds, n, engine, batch_size, memory_budget_mb, device, ci_level, n_boot: as in
+            `scrub.evaluate` (every candidate is scored on the same rows and seeds).
+        progress: print one line per step.
+        name: the found hypothesis's name (default: "<start> (searched, tau=...)").
+        batch_candidates: False scores every candidate in its own engine call (same decisions,
+            slower: for benchmarks).
+
+    Returns:
+        A `SearchResult`: the found hypothesis, its `Result`, the decisions and the curve.
+
+    Raises:
+        ScrubError: a bad tau, an empty or non-feature candidate list, a start that is not a
+            hypothesis of this model, or any problem `scrub.evaluate` refuses; all before any
+            forward pass.
+    """
+    tau = _check_tau(tau)
+    if taus is not None and (isinstance(taus, (str, bytes)) or not isinstance(taus, (list, tuple))):
+        raise OptionsError(f"search(): taus must be a list of numbers, got {taus!r}")
+    curve_taus = sorted({tau, *(_check_tau(t, "taus[...]") for t in (taus or ()))})
+    features = _check_features(features)
+    check_model(model, "search()")
+    check_dataset(data, "search()")
+    h = _start(start, model, "search()")
+    options = RunOptions(seeds=seeds, metric=metric, n=n, engine=engine, batch_size=batch_size,
+                         memory_budget_mb=memory_budget_mb, device=device, ci_level=ci_level, n_boot=n_boot)
+    prepare([h], model, data, options, "search()")  # every check before the first forward pass
+    scorer = _Scorer(model, data, options, batched=bool(batch_candidates))
+    log = print if progress else None
+    found: dict[float, tuple[Hypothesis, list[Step]]] = {}
+    for t in curve_taus:
+        found[t] = _walk(h, scorer, t, features, log)
+    label = name or f"{h.name} (searched, tau={tau:g})"
+    best, steps = found[tau]
+    best = apply(best, [], name=label)
+    finals = {t: scorer.final(found[t][0]) for t in curve_taus}
+    start_result = scorer.final(h)
+    curve = tuple(
+        CurvePoint(t, len(found[t][0].edges), len(found[t][0].claims) - 1, finals[t].loss_recovered, finals[t].stderr,
+                   found[t][0])
+        for t in curve_taus
+    )
+    feature_names = _feature_names(features)
+    return SearchResult(hypothesis=best, result=attrs_evolve_name(finals[tau], label), start=h, start_result=start_result,
+                        tau=tau, steps=tuple(steps), curve=curve, calls=scorer.calls, scored=scorer.scored,
+                        features=feature_names)
+
+
+def _feature_names(features: Features) -> tuple[str, ...]:
+    if features is None:
+        return ()
+    if isinstance(features, dict):
+        return tuple(sorted({f.name for items in features.values() for f in items}))
+    return tuple(f.name for f in features)
+
+
+def attrs_evolve_name(result, label: str):
+    import attrs
+
+    return attrs.evolve(result, hypothesis=label)
