@@ -207,3 +207,14 @@ def test_hypothesis_fingerprint_is_the_claim_graph(heads_a, heads_b):
 
     same = hypothesis_fingerprint(build(heads_a, "x")) == hypothesis_fingerprint(build(heads_b, "y"))
     assert same == (heads_a == heads_b)
+
+
+def test_report_and_compare_take_store_as_a_keyword(attn_model, data, tmp_path, no_forward):
+    hyps = _hyps()
+    first = scrub.compare(hyps, attn_model, data, seeds=2, store=tmp_path)
+    rep = scrub.report(hyps[1], attn_model, data, seeds=2, store=tmp_path, compensation=False, pairs=None)
+    no_forward()
+    again = scrub.compare(hyps, attn_model, data, seeds=2, store=tmp_path)
+    assert [d.to_dict() for d in first.differences] == [d.to_dict() for d in again.differences]
+    rep2 = scrub.report(hyps[1], attn_model, data, seeds=2, store=tmp_path, compensation=False, pairs=None)
+    assert rep.full.to_dict() == rep2.full.to_dict()

@@ -146,7 +146,7 @@ def joint_finding(j: JointRemoval) -> Optional[str]:
 
 REPORT_DEFAULTS = dict(
     seeds=2, metric=None, engine=None, baseline=None, n=None, batch_size=None, ci_level=0.95, n_boot=1000,
-    progress=False, memory_budget_mb=None, device=None,
+    progress=False, memory_budget_mb=None, device=None, store=None,
 )
 REPORT_ONLY_DEFAULTS = dict(
     leave_one_out=True, alone=True, paths=True, paths_limit=64, subgraphs=None, pairs="downstream", max_pairs=20,
@@ -182,6 +182,7 @@ def report(
     progress: bool = False,
     memory_budget_mb: Optional[float] = None,
     device=None,
+    store=None,
     options: Union[None, RunOptions, ReportOptions] = None,
 ) -> Report:
     """Loss recovered for ``h`` and its subgraphs, serial-redundancy checks, and generality.
@@ -218,7 +219,7 @@ def report(
     """
     run_given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
                      ci_level=ci_level, n_boot=n_boot, progress=progress, memory_budget_mb=memory_budget_mb,
-                     device=device)
+                     device=device, store=store)
     report_given = dict(leave_one_out=leave_one_out, alone=alone, paths=paths, paths_limit=paths_limit,
                         subgraphs=subgraphs, pairs=pairs, max_pairs=max_pairs, min_effect=min_effect,
                         compensation=compensation, compensation_metric=compensation_metric, datasets=datasets,
@@ -439,6 +440,7 @@ def compare(
     progress: bool = False,
     memory_budget_mb: Optional[float] = None,
     device=None,
+    store=None,
     options: Optional[RunOptions] = None,
 ) -> Comparison:
     """Several hypotheses on the same reference rows and seeds (common random numbers), with the
@@ -450,7 +452,8 @@ def compare(
             share rows, seeds and baseline values.
     """
     given = dict(seeds=seeds, metric=metric, engine=engine, baseline=baseline, n=n, batch_size=batch_size,
-                 ci_level=ci_level, n_boot=n_boot, progress=progress, memory_budget_mb=memory_budget_mb, device=device)
+                 ci_level=ci_level, n_boot=n_boot, progress=progress, memory_budget_mb=memory_budget_mb, device=device,
+                 store=store)
     opts = merge("compare()", options, RunOptions, given, REPORT_DEFAULTS)
     if isinstance(hypotheses, (Hypothesis, str)) or not isinstance(hypotheses, Sequence):
         raise ReportError(f"compare() needs a list of at least two hypotheses, got {type(hypotheses).__name__}")
