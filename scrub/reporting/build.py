@@ -424,6 +424,24 @@ def _generality(h: Hypothesis, model, datasets: Mapping[str, Dataset], opts: Run
     return {name: scrub_many([h], model, ds, opts)[0] for name, ds in datasets.items()}
 
 
+def paired_differences(results: Sequence[Result], ci_level: float, n_boot: int) -> list[PairedDifference]:
+    """The paired difference in loss recovered of every pair of ``results`` (scrubbed on the same
+    rows, seeds and baseline), with an order stated only where its interval excludes zero."""
+    first = results[0]
+    diffs = []
+    for i in range(len(results)):
+        for j in range(i + 1, len(results)):
+            a, b = results[i], results[j]
+            d = lr_combination(first.rows.model, first.rows.base, [a.rows.scrub, b.rows.scrub], [1.0, -1.0],
+                               level=ci_level, n_boot=n_boot, weights=first.rows.weights)
+            if d.excludes_zero():
+                verdict = f"{a.hypothesis} > {b.hypothesis}" if d.value > 0 else f"{b.hypothesis} > {a.hypothesis}"
+            else:
+                verdict = "no significant difference"
+            diffs.append(PairedDifference(a.hypothesis, b.hypothesis, d, verdict))
+    return diffs
+
+
 def compare(
     hypotheses: Sequence[Hypothesis],
     model,
@@ -479,17 +497,7 @@ def compare(
                 f"compare(): {r.hypothesis!r} was not scrubbed on the same rows, seeds and baseline as "
                 f"{first.hypothesis!r}; paired differences would be invalid (please report this bug)"
             )
-    diffs = []
-    for i in range(len(results)):
-        for j in range(i + 1, len(results)):
-            a, b = results[i], results[j]
-            d = lr_combination(first.rows.model, first.rows.base, [a.rows.scrub, b.rows.scrub], [1.0, -1.0],
-                               level=ci_level, n_boot=n_boot, weights=first.rows.weights)
-            if d.excludes_zero():
-                verdict = f"{a.hypothesis} > {b.hypothesis}" if d.value > 0 else f"{b.hypothesis} > {a.hypothesis}"
-            else:
-                verdict = "no significant difference"
-            diffs.append(PairedDifference(a.hypothesis, b.hypothesis, d, verdict))
+    diffs = paired_differences(results, ci_level, n_boot)
     meta = _meta(model, data, first.seeds, opts.metric, first, ci_level=ci_level, n_boot=n_boot,
                  common_random_numbers=True)
     return Comparison(results=tuple(results), differences=tuple(diffs), meta=meta)

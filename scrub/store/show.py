@@ -16,8 +16,8 @@ import attrs
 import torch
 
 from scrub.api import build_result
-from scrub.metrics import lr_combination
-from scrub.reporting.results import Comparison, PairedDifference
+from scrub.reporting.build import paired_differences
+from scrub.reporting.results import Comparison
 from scrub.result import Result
 from scrub.store.cells import Cell, Store, StoreError, as_store
 from scrub.store.runs import class_sizes_from_meta
@@ -77,17 +77,7 @@ def comparisons(store: Union[str, Path, Store], *, ci_level: float = 0.95, n_boo
         rs = [_result([c for c in cells if c.meta["seed"] in common], ci_level, n_boot) for cells in hyps.values()]
         rs = sorted(_distinct_names(rs, list(hyps)), key=lambda r: r.hypothesis)  # a stable order: by name
         first = rs[0]
-        diffs = []
-        for i in range(len(rs)):
-            for j in range(i + 1, len(rs)):
-                a, b = rs[i], rs[j]
-                d = lr_combination(first.rows.model, first.rows.base, [a.rows.scrub, b.rows.scrub], [1.0, -1.0],
-                                   level=ci_level, n_boot=n_boot, weights=first.rows.weights)
-                if d.excludes_zero():
-                    verdict = f"{a.hypothesis} > {b.hypothesis}" if d.value > 0 else f"{b.hypothesis} > {a.hypothesis}"
-                else:
-                    verdict = "no significant difference"
-                diffs.append(PairedDifference(a.hypothesis, b.hypothesis, d, verdict))
+        diffs = paired_differences(rs, ci_level, n_boot)
         parts = next(iter(hyps.values()))[0].meta["key_parts"]
         meta = {"source": f"result store {str(found.path)!r}", "seeds": list(first.seeds),
                 "reference_rows": first.n_rows, "metric": first.metric, "engine": first.engine,
