@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hypfile", ("scrub.hypfile",)),
     # studies: sweeps over grids of cells, sharded evaluations, rebuilding results from a store
     ("studies", ("scrub.store.on_ray", "scrub.store.show", "scrub.store.sweep")),
+    ("commands", ("scrub.cli_common", "scrub.cli_studies")),
     ("entry points", ("scrub", "scrub.__main__", "scrub.cli", "scrub.demo")),
 )
 
