@@ -137,9 +137,9 @@ def gpt2_from_state(config: Mapping[str, Any], state: Mapping[str, Tensor]):
     with torch.random.fork_rng(devices=[]):  # construction initialises from the global RNG
         torch.manual_seed(0)
         model = GPT2LMHeadModel(gpt2)
-    d_vocab_out = int(config.get("d_vocab_out", -1))
-    d_vocab_out = gpt2.vocab_size if d_vocab_out == -1 else d_vocab_out
-    model.lm_head = nn.Linear(gpt2.n_embd, d_vocab_out, bias=True)  # b_U; no tying
+        d_vocab_out = int(config.get("d_vocab_out", -1))
+        d_vocab_out = gpt2.vocab_size if d_vocab_out == -1 else d_vocab_out
+        model.lm_head = nn.Linear(gpt2.n_embd, d_vocab_out, bias=True)  # b_U; no tying
     for block in model.transformer.h:
         block.attn.is_causal = gpt2.is_causal
     with torch.no_grad():
