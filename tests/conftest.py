@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from scrub import Dataset
-from scrub.model.bridge import hooked_transformer_available, transformer_lens_version
+from scrub.tlcompat import hooked_transformer_available, transformer_lens_version
 
 # ---- the two TransformerLens lines (3.x: HookedTransformer; 4.x: TransformerBridge only) ---------
 # `@pytest.mark.requires_hooked` (or `pytestmark = pytest.mark.requires_hooked`) marks a test that
@@ -88,7 +88,7 @@ def perturb(model, seed: int):
 
 def make_model(seed: int = 0, **overrides):
     """A tiny random ``HookedTransformer`` (LN, learned positions, causal) with every weight perturbed."""
-    from scrub.model.bridge import require_hooked_transformer
+    from scrub.tlcompat import require_hooked_transformer
 
     HookedTransformer = require_hooked_transformer("conftest.make_model (mark the test requires_hooked)")
     from transformer_lens import HookedTransformerConfig

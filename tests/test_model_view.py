@@ -12,7 +12,7 @@ import torch
 from scrub.components import hooks
 from scrub.errors import ComponentError, DatasetError, UnsupportedModelError
 from scrub.model import CleanPass, ModelView, ViewConfig
-from scrub.model.bridge import hooked_transformer_available
+from scrub.tlcompat import hooked_transformer_available
 
 if hooked_transformer_available():  # TransformerLens 3; under 4 the module is skipped (requires_hooked)
     from transformer_lens import HookedTransformer, HookedTransformerConfig

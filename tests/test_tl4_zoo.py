@@ -29,7 +29,7 @@ from scrub import EXACT, Hypothesis, plan
 from scrub.engine import ReferenceEngine
 from scrub.errors import ScrubError, UnsupportedModelError
 from scrub.metrics import resolve
-from scrub.model.bridge import NeedsHookedTransformerError
+from scrub.tlcompat import NeedsHookedTransformerError
 from scrub.tasks import induction, parens
 from scrub.zoo.hf import gpt2_config
 

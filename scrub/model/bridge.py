@@ -4,9 +4,9 @@ TransformerLens 4 removed ``HookedTransformer`` (and ``HookedTransformerConfig``
 ``loading_from_pretrained``); its models are ``TransformerBridge``s that wrap a HuggingFace model.
 `scrub` supports both lines:
 
-* `hooked_transformer_available` says whether this TransformerLens has ``HookedTransformer``;
-  `require_hooked_transformer` returns the class or raises `NeedsHookedTransformerError`, which
-  names the fix (the TransformerLens 3.9 line, or a HuggingFace model / ``TransformerBridge``);
+* (re-exported from `scrub.tlcompat`, the ground layer) `hooked_transformer_available` says
+  whether this TransformerLens has ``HookedTransformer``; `require_hooked_transformer` returns the
+  class or raises `NeedsHookedTransformerError`, which names the fix;
 * `is_bridge` recognises a ``TransformerBridge`` by class (without importing TransformerLens);
   on the reference engine it runs through the TransformerLens backend (its hook names fire);
 * `hf_model_of_bridge` gives the plain HuggingFace causal LM behind a bridge, for the model view
@@ -18,11 +18,16 @@ TransformerLens 4 removed ``HookedTransformer`` (and ``HookedTransformerConfig``
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
 from scrub.errors import UnsupportedModelError
+from scrub.tlcompat import (
+    NeedsHookedTransformerError,
+    hooked_transformer_available,
+    require_hooked_transformer,
+    transformer_lens_version,
+)
 
 __all__ = [
     "NeedsHookedTransformerError",
@@ -32,49 +37,6 @@ __all__ = [
     "is_bridge",
     "hf_model_of_bridge",
 ]
-
-
-class NeedsHookedTransformerError(UnsupportedModelError):
-    """The code path needs a TransformerLens ``HookedTransformer``, which TransformerLens >= 4 has not."""
-
-
-def transformer_lens_version() -> str:
-    """The installed TransformerLens version (``"none"`` when it is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("transformer-lens")
-    except PackageNotFoundError:  # pragma: no cover - a dependency
-        return "none"
-
-
-@functools.lru_cache(maxsize=None)
-def hooked_transformer_available() -> bool:
-    """Whether the installed TransformerLens has ``HookedTransformer`` (3.x: yes; 4.x: no)."""
-    try:
-        from transformer_lens import HookedTransformer  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def require_hooked_transformer(what: str):
-    """The ``HookedTransformer`` class, for ``what`` (a short description of the caller's need).
-
-    Raises:
-        NeedsHookedTransformerError: this TransformerLens has no ``HookedTransformer`` (4.x); the
-            message names ``what`` and the fix.
-    """
-    if not hooked_transformer_available():
-        raise NeedsHookedTransformerError(
-            f"{what} needs a TransformerLens HookedTransformer, which TransformerLens "
-            f"{transformer_lens_version()} no longer has (removed in 4.0); install the TransformerLens 3 line "
-            f"(pip install -c constraints.txt 'transformer-lens<4'), or pass a HuggingFace causal LM or a "
-            f"TransformerBridge instead"
-        )
-    from transformer_lens import HookedTransformer
-
-    return HookedTransformer
 
 
 def is_bridge(model: Any) -> bool:

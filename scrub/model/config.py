@@ -228,7 +228,7 @@ def config_from_hooked(model: Any) -> ViewConfig:
         UnsupportedModelError: ``model`` is not a ``HookedTransformer``, or it uses a setting
             that changes the forward pass and is not implemented (the message names it).
     """
-    from scrub.model.bridge import require_hooked_transformer
+    from scrub.tlcompat import require_hooked_transformer
 
     HookedTransformer = require_hooked_transformer("ModelView.from_hooked (a TransformerLens model's view)")
     if not isinstance(model, HookedTransformer):

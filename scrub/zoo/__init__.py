@@ -73,7 +73,7 @@ def load(name: str, device: Optional[Any] = None, *, form: Optional[str] = None)
     """
     from safetensors.torch import load_file
 
-    from scrub.model.bridge import hooked_transformer_available
+    from scrub.tlcompat import hooked_transformer_available
 
     if form is None:
         form = "hooked" if hooked_transformer_available() else "hf"

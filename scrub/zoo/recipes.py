@@ -204,7 +204,7 @@ def build_model(config: Mapping[str, Any], *, seed: int = 0, device: Any = "cpu"
     """
     import torch
 
-    from scrub.model.bridge import require_hooked_transformer
+    from scrub.tlcompat import require_hooked_transformer
 
     HookedTransformer = require_hooked_transformer("building or training a zoo model")
     from transformer_lens import HookedTransformerConfig
