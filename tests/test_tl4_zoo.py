@@ -222,3 +222,29 @@ def test_scrubbing_agrees_on_both_forms(hf_models, name, n_hyps, n_rows):
         b_logits, b_lr = _loss_recovered(hf, h, data, seed=1)
         assert torch.allclose(a_logits, b_logits, atol=ATOL, rtol=0), h.name
         assert b_lr == pytest.approx(a_lr, abs=1e-4), h.name
+
+
+def test_load_model_serves_zoo_names_in_this_lines_form():
+    from scrub.model.loaders import load_model, model_limits
+
+    for name, limits in [("induction-2l", (50, 50, 32)), ("parens-3l", (5, 2, 42))]:
+        model = load_model(name)
+        assert type(model).__name__ == ("HookedTransformer" if HOOKED else "GPT2LMHeadModel")
+        assert model_limits(model) == limits
+        assert model_limits(scrub.zoo.load(name, form="hf")) == limits
+
+
+def test_recorded_heads_hold_in_the_hf_form(hf_models):
+    """The previous-token and induction heads named in the JSON, read from the HF attention patterns."""
+    data = induction(n=256, seed=7)
+    with torch.no_grad():
+        patterns = hf_models["induction-2l"](data.tokens, output_attentions=True).attentions  # L x [n, h, q, k]
+    heads = scrub.zoo.info("induction-2l")["heads"]
+    layer, prev_head = heads["prev_token_head"]
+    t = torch.arange(1, data.n_pos)
+    prev = patterns[layer][:, :, t, t - 1].mean(dim=(0, 2))  # [head]
+    assert int(prev.argmax()) == prev_head and prev[prev_head] > 0.4
+    rows, cols = data.loss_mask.nonzero(as_tuple=True)
+    src = cols - data.extras["period"][rows] + 1
+    for layer, head in heads["induction_heads"]:
+        assert patterns[layer][rows, head, cols, src].mean().item() > 0.4, (layer, head)
