@@ -207,8 +207,6 @@ def _loss_recovered(engine, h, data, seed):
 @pytest.mark.parametrize("name, n_hyps, n_rows", [
     ("induction-2l", 2, 4),
     ("parens-3l", 3, 16),
-    pytest.param("induction-2l", 8, 32, marks=pytest.mark.slow),
-    pytest.param("parens-3l", 8, 64, marks=pytest.mark.slow),
 ])
 def test_scrubbing_agrees_on_both_forms(hf_models, name, n_hyps, n_rows):
     """The shipped hypotheses of each zoo model: equal scrubbed logits and loss recovered on both forms."""
