@@ -201,10 +201,9 @@ def hypotheses() -> list[Hypothesis]:
 
 @functools.lru_cache(maxsize=1)
 def model():
-    """GPT-2 small from TransformerLens (downloads the weights on first use)."""
-    from transformer_lens import HookedTransformer
-
-    return HookedTransformer.from_pretrained("gpt2")
+    """GPT-2 small (downloads the weights on first use): a HookedTransformer under TransformerLens 3,
+    the HuggingFace model under TransformerLens 4 (`scrub.load_model`'s hub path)."""
+    return scrub.load_model("gpt2")
 
 
 def dataset(n: int = 512, seed: int = 0):

@@ -16,6 +16,48 @@ import pytest
 import torch
 
 from scrub import Dataset
+from scrub.tlcompat import hooked_transformer_available, transformer_lens_version
+
+# ---- the two TransformerLens lines (3.x: HookedTransformer; 4.x: TransformerBridge only) ---------
+# `@pytest.mark.requires_hooked` (or `pytestmark = pytest.mark.requires_hooked`) marks a test that
+# needs a HookedTransformer; under TransformerLens 4 it is skipped with the reason below. Tests that
+# use the HookedTransformer fixtures (`HOOKED_FIXTURES`) are marked automatically. An unmarked test
+# that builds one anyway fails loudly (`make_model` raises NeedsHookedTransformerError).
+# `@pytest.mark.zoo_api` marks a test that runs a zoo model through scrub's public API (evaluate,
+# report, the CLI): under TransformerLens 4 the zoo model is a HuggingFace GPT-2, which the API
+# takes once the model view reads HF models (`ModelView.from_model`); skipped until then.
+# `@pytest.mark.tl4_only` marks a test of the TransformerLens 4 bridge path (skipped under 3.x).
+HOOKED = hooked_transformer_available()
+HOOKED_FIXTURES = frozenset({"attn_model", "mlp_model", "any_model"})
+REQUIRES_HOOKED = (
+    f"needs a TransformerLens HookedTransformer, which TransformerLens {transformer_lens_version()} does not have "
+    f"(removed in 4.0); runs on the TransformerLens 3 line (make test)"
+)
+
+
+def _api_takes_hf_models() -> bool:
+    from scrub.model.view import ModelView
+
+    return hasattr(ModelView, "from_model")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires_hooked: needs a HookedTransformer (skipped under TransformerLens 4)")
+    config.addinivalue_line("markers", "zoo_api: a zoo model through scrub's API (TL4: needs ModelView.from_model)")
+    config.addinivalue_line("markers", "tl4_only: the TransformerLens 4 bridge path (skipped under TransformerLens 3)")
+
+
+def pytest_collection_modifyitems(config, items):
+    hf_api = HOOKED or _api_takes_hf_models()
+    for item in items:
+        if not HOOKED and (item.get_closest_marker("requires_hooked") or HOOKED_FIXTURES & set(item.fixturenames)):
+            item.add_marker(pytest.mark.skip(reason=REQUIRES_HOOKED))
+        elif not hf_api and item.get_closest_marker("zoo_api"):
+            item.add_marker(pytest.mark.skip(
+                reason="under TransformerLens 4 the zoo model is a HuggingFace GPT-2; scrub's API takes it once "
+                       "the model view reads HuggingFace models (ModelView.from_model)"))
+        if HOOKED and item.get_closest_marker("tl4_only"):
+            item.add_marker(pytest.mark.skip(reason="tests the TransformerLens 4 line (make test-tl4)"))
 
 # Sizes shared by the suite: small enough that a full scrub takes milliseconds on a CPU.
 D_VOCAB = 10
@@ -46,7 +88,10 @@ def perturb(model, seed: int):
 
 def make_model(seed: int = 0, **overrides):
     """A tiny random ``HookedTransformer`` (LN, learned positions, causal) with every weight perturbed."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from scrub.tlcompat import require_hooked_transformer
+
+    HookedTransformer = require_hooked_transformer("conftest.make_model (mark the test requires_hooked)")
+    from transformer_lens import HookedTransformerConfig
 
     kwargs = dict(
         n_layers=N_LAYERS,

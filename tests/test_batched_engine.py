@@ -29,6 +29,8 @@ from scrub.components import stage
 from scrub.engine import BatchedEngine, ReferenceEngine
 from scrub.model import ModelView
 
+pytestmark = pytest.mark.requires_hooked  # random HookedTransformers of every supported configuration
+
 D_VOCAB = 8
 N_CTX = 6
 N_POS = 5

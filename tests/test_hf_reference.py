@@ -60,6 +60,7 @@ def gpt2_pair():
     return hf, from_hf(hf)
 
 
+@pytest.mark.requires_hooked
 def test_converted_gpt2_has_the_same_logits(gpt2_pair):
     hf, tl = gpt2_pair
     with torch.no_grad():
@@ -71,6 +72,7 @@ from test_properties import DATA as PROP_DATA  # noqa: E402
 from test_properties import SETTINGS, random_hypotheses, seeds  # noqa: E402
 
 
+@pytest.mark.requires_hooked
 @SETTINGS
 @given(h=random_hypotheses(), seed=seeds())
 def test_hf_hooks_equal_transformer_lens_hooks_on_random_hypotheses(gpt2_pair, h, seed):
@@ -335,6 +337,7 @@ def test_components_the_model_lacks_are_refused_before_any_forward_pass():
     assert calls == []
 
 
+@pytest.mark.requires_hooked
 def test_the_backend_follows_the_model_type(gpt2_pair):
     hf, tl = gpt2_pair
     assert type(backend_for(hf)).__name__ == "HuggingFaceBackend"
@@ -343,6 +346,7 @@ def test_the_backend_follows_the_model_type(gpt2_pair):
     assert Embed() in backend_for(hf).run(DATA.tokens[:2], reads=[Embed()])
 
 
+@pytest.mark.requires_hooked
 def test_a_transformer_bridge_runs_on_the_transformer_lens_backend(gpt2_pair):
     """A TransformerBridge (here TransformerLens 3.9's) over a copy of the HF GPT-2: TL hooks == HF hooks."""
     import copy

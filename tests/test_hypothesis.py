@@ -491,6 +491,7 @@ def test_parallel_blocks_read_from_a_model_config():
     h.validate(plain)
 
 
+@pytest.mark.requires_hooked
 def test_parallel_blocks_read_from_a_hooked_transformer():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 

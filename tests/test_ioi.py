@@ -243,6 +243,7 @@ def gpt2_shaped(tok):
     return perturb(model, 7)
 
 
+@pytest.mark.requires_hooked
 def test_hypothesis_file_loads_without_gpt2(monkeypatch):
     from transformer_lens import HookedTransformer
 
@@ -283,6 +284,7 @@ def test_full_circuit_structure(hyp_module):
     assert {c.feature.name for c in position_only.claims if c.component == Head(7, 3)} == {"which name is duplicated"}
 
 
+@pytest.mark.requires_hooked
 def test_every_hypothesis_runs_on_a_gpt2_shaped_model(hyp_module, gpt2_shaped, data):
     for h in hyp_module.hypotheses():
         h.validate(gpt2_shaped, n_pos=data.n_pos)

@@ -29,11 +29,11 @@ SCRUB = Path(__file__).resolve().parents[1] / "scrub"
 # From the ground up. "scrub.x" places that module; "scrub.x.*" places the package scrub.x and every
 # module under it. A module may import its own layer and the layers below.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("errors", ("scrub.errors",)),
+    ("errors", ("scrub.errors", "scrub.tlcompat")),
     ("components", ("scrub.components",)),
     ("data", ("scrub.data",)),
     # the zoo's shelf: the shipped models and their recipes (the model loader lists and loads them)
-    ("zoo models", ("scrub.zoo", "scrub.zoo.recipes", "scrub.zoo.known")),
+    ("zoo models", ("scrub.zoo", "scrub.zoo.recipes", "scrub.zoo.known", "scrub.zoo.hf")),
     ("model", ("scrub.model.*",)),
     ("metrics", ("scrub.metrics",)),
     ("hypothesis", ("scrub.hypothesis.*",)),

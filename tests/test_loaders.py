@@ -22,6 +22,7 @@ def local_gpt2(tmp_path_factory):
     return transformers.GPT2LMHeadModel.from_pretrained(path).eval()
 
 
+@pytest.mark.requires_hooked
 def test_from_hf_matches_the_huggingface_logits(local_gpt2):
     model = from_hf(local_gpt2)
     tokens = torch.randint(0, 23, (3, 10), generator=torch.Generator().manual_seed(1))
@@ -31,6 +32,7 @@ def test_from_hf_matches_the_huggingface_logits(local_gpt2):
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
+@pytest.mark.requires_hooked
 def test_a_converted_model_scrubs_end_to_end(local_gpt2):
     model = from_hf(local_gpt2, fold_ln=True)
     tokens = torch.randint(0, 23, (16, 8), generator=torch.Generator().manual_seed(2))
@@ -44,6 +46,7 @@ def test_a_converted_model_scrubs_end_to_end(local_gpt2):
     assert batched.m_scrub == pytest.approx(reference.m_scrub, abs=1e-4)
 
 
+@pytest.mark.requires_hooked
 def test_from_hf_refuses_other_architectures():
     class Fake:
         config = type("C", (), {"model_type": "llama"})()
@@ -52,6 +55,7 @@ def test_from_hf_refuses_other_architectures():
         from_hf(Fake())
 
 
+@pytest.mark.requires_hooked
 def test_load_model_serves_zoo_names_without_download():
     model = load_model("induction-2l")
     assert model.cfg.n_layers == 2
@@ -172,6 +176,7 @@ def test_a_hub_name_offline_is_a_scrub_error(monkeypatch):
         load_model("no-such-org/no-such-model")
 
 
+@pytest.mark.requires_hooked
 def test_model_limits_of_transformer_lens_and_huggingface_models():
     zoo_model = load_model("induction-2l")
     assert model_limits(zoo_model) == (zoo_model.cfg.d_vocab, zoo_model.cfg.d_vocab_out, zoo_model.cfg.n_ctx)

@@ -8,11 +8,16 @@ import warnings
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from scrub.components import hooks
 from scrub.errors import ComponentError, DatasetError, UnsupportedModelError
 from scrub.model import CleanPass, ModelView, ViewConfig
+from scrub.tlcompat import hooked_transformer_available
+
+if hooked_transformer_available():  # TransformerLens 3; under 4 the module is skipped (requires_hooked)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+pytestmark = pytest.mark.requires_hooked
 
 D_VOCAB, N_CTX, N_LAYERS, N_HEADS, D_MODEL = 20, 10, 2, 4, 32
 ATOL = 1e-4

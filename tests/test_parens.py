@@ -175,6 +175,7 @@ def model():
     return scrub.zoo.load("parens-3l")
 
 
+@pytest.mark.requires_hooked
 def test_shipped_model_reaches_its_documented_accuracy(model):
     record = scrub.zoo.info("parens-3l")
     cfg = model.cfg
@@ -210,6 +211,7 @@ def test_hypothesis_file_matches_the_recorded_head_roles(hypfile):
     assert str(hypfile.P_HEAD) == roles["p_head"]
 
 
+@pytest.mark.zoo_api
 def test_every_hypothesis_validates_and_runs(hypfile, model):
     data = parens(n=384, seed=0)
     names = set()

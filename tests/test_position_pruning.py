@@ -52,6 +52,7 @@ ATOL = 1e-4
 # ---- 1. property: pruned batched == reference at the asked-for positions ------------------------
 
 
+@pytest.mark.requires_hooked
 @pytest.mark.parametrize("config", list(CONFIGS))
 @property_settings(8)
 @given(data=st.data(), seed=st.integers(0, 2**16))
@@ -69,6 +70,7 @@ def test_pruned_run_equals_reference_at_asked_positions(config, data, seed):
     assert max_diff(reference.run(schedule, positions=asked), want[:, asked]) == 0
 
 
+@pytest.mark.requires_hooked
 def test_many_schedules_pruned_equal_each_alone():
     model = model_for(MODEL_MLP)
     batched, _ = engines_for(MODEL_MLP)
@@ -79,6 +81,7 @@ def test_many_schedules_pruned_equal_each_alone():
         assert max_diff(m, batched.run(s, positions=[1, 3])) < 1e-5
 
 
+@pytest.mark.requires_hooked
 def test_no_positions_asked_computes_nothing():
     model = model_for(MODEL_ATTN)
     batched, _ = engines_for(MODEL_ATTN)
@@ -86,6 +89,7 @@ def test_no_positions_asked_computes_nothing():
     assert batched.run(s, positions=[]).shape == (N_ROWS, 0, model.cfg.d_vocab_out)
 
 
+@pytest.mark.requires_hooked
 def test_positions_outside_the_dataset_are_refused():
     model = model_for(MODEL_ATTN)
     batched, _ = engines_for(MODEL_ATTN)
@@ -103,6 +107,7 @@ def test_port_positions():
     assert port_positions(scrub.MLP(0), (3,), 6, causal=True) == {"in": (3,)}
 
 
+@pytest.mark.requires_hooked
 def test_node_positions_by_hand():
     """Output read at position 3: head 1.0 at (3,); its q child at (3,), its k child (per-position
     previous-token head) at 0..3 with one copy per position; the copies' v child, restricted to
@@ -129,6 +134,7 @@ def test_node_positions_by_hand():
             assert id(copy) not in needed
 
 
+@pytest.mark.requires_hooked
 def test_cache_keeps_only_needed_positions():
     model = model_for(MODEL_ATTN)  # causal
     batched, _ = engines_for(MODEL_ATTN)
@@ -161,6 +167,7 @@ def test_cache_keeps_only_needed_positions():
     assert needs_b[("resid_pre", 1)] == set(range(N_POS)) and needs_b[("final",)] == {2}
 
 
+@pytest.mark.requires_hooked
 def test_per_position_copies_evaluated_at_their_position(monkeypatch):
     """A head with a per-position feature and children is treeified into one copy per position;
     asked for one output position, the engine evaluates one copy, at one query position."""
@@ -192,6 +199,7 @@ def test_per_position_copies_evaluated_at_their_position(monkeypatch):
 # ---- 3. ModelView.heads with query positions ----------------------------------------------------
 
 
+@pytest.mark.requires_hooked
 @pytest.mark.parametrize("config", [MODEL_ATTN, MODEL_MLP, "relu-short-causal-None", "gelu-short-bidir-LN"])
 def test_heads_at_query_positions(config):
     view = ModelView.from_hooked(model_for(config))
@@ -219,6 +227,7 @@ def test_heads_at_query_positions(config):
         view.heads(1, index, q[:, :2], k, v)
 
 
+@pytest.mark.requires_hooked
 @pytest.mark.parametrize("config", [MODEL_ATTN, "relu-short-causal-None", "gelu-short-bidir-LN"])
 def test_head_projection_and_output_compose_to_heads(config):
     """heads() == head_output(head_projection(q), ...(k), ...(v)), and the clean pass keeps the
@@ -241,6 +250,7 @@ def test_head_projection_and_output_compose_to_heads(config):
         assert max_diff(stored[1][:, :, 1], view.head_projection(1, 1, port, resid, keys)) < 1e-5
 
 
+@pytest.mark.requires_hooked
 def test_forward_at_positions():
     view = ModelView.from_hooked(model_for(MODEL_MLP))
     full = view.forward(DATA.tokens[:4])
@@ -259,6 +269,7 @@ def test_builtin_metrics_read_the_scored_positions():
         Metric("bad", cross_entropy().fn, reads="some")
 
 
+@pytest.mark.requires_hooked
 @pytest.mark.parametrize("metric", ["cross_entropy", "accuracy", "kl", "target_logit"])
 def test_evaluate_same_with_and_without_pruning(metric):
     """The scored-only metric (the engine prunes) and the same function declared to read every
@@ -290,6 +301,7 @@ def _same(x: float, y: float, tol: float = 1e-5) -> bool:
     return x == y or abs(x - y) < tol
 
 
+@pytest.mark.requires_hooked
 def test_callable_metric_sees_every_position():
     model = model_for(MODEL_ATTN)
     seen = []
@@ -303,6 +315,7 @@ def test_callable_metric_sees_every_position():
     assert r.loss_recovered == r.loss_recovered  # a number, not NaN
 
 
+@pytest.mark.requires_hooked
 def test_pruned_results_do_not_depend_on_chunk_size():
     model = model_for(MODEL_MLP)
     view = ModelView.from_hooked(model)

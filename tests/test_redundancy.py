@@ -16,6 +16,8 @@ import pytest
 import scrub
 from known_models import GAIN, independent, induction_and, redundant, self_repair, single
 
+pytestmark = pytest.mark.requires_hooked  # the known models are HookedTransformers
+
 SEEDS = 2
 N = 128
 

@@ -24,21 +24,25 @@ def _difference(cmp, a, b):
     return d.difference
 
 
+@pytest.mark.zoo_api
 def test_refined_induction_beats_naive(induction_comparison):
     d = _difference(induction_comparison, I.naive().name, I.refined().name)
     assert d.ci[1] < -0.2  # refined - naive = +38% [+38, +39] at n=2048, 3 seeds
 
 
+@pytest.mark.zoo_api
 def test_the_k_path_alone_beats_the_naive_hypothesis(induction_comparison):
     d = _difference(induction_comparison, I.naive().name, I.only_path("k").name)
     assert d.ci[1] < -0.2  # k only - naive = +37% at n=2048
 
 
+@pytest.mark.zoo_api
 def test_naive_induction_explains_under_half(induction_comparison):
     naive = induction_comparison.results[0]
     assert naive.ci[1] < 0.6 and naive.ci[0] > 0.3
 
 
+@pytest.mark.zoo_api
 def test_compare_used_common_rows_and_seeds(induction_comparison):
     first = induction_comparison.results[0]
     for r in induction_comparison.results[1:]:
@@ -47,6 +51,7 @@ def test_compare_used_common_rows_and_seeds(induction_comparison):
         assert torch.equal(r.rows.base, first.rows.base)
 
 
+@pytest.mark.zoo_api
 def test_compare_refuses_results_that_do_not_share_rows(monkeypatch, induction_comparison):
     """The common-random-numbers check is real: results on other rows are refused."""
     import attrs
@@ -60,6 +65,7 @@ def test_compare_refuses_results_that_do_not_share_rows(monkeypatch, induction_c
         scrub.compare([I.naive(), I.refined()], I.model(), I.dataset(n=64), n=8)
 
 
+@pytest.mark.zoo_api
 def test_parens_orderings_the_doc_states():
     """Our heads beat Redwood's head numbers on our model, and the combined hypothesis recovers
     less than experiment 1a (docs/replications.md)."""

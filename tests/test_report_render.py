@@ -22,6 +22,8 @@ from scrub import EXACT, Embed, Feature, Head, Hypothesis
 from scrub.reporting.html import render_comparison, render_report, render_run
 from scrub.reporting.results import Report
 
+pytestmark = pytest.mark.zoo_api  # reports on the zoo model
+
 
 def _hypothesis(name: str = "two induction heads") -> Hypothesis:
     h = Hypothesis(name)

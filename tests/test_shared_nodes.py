@@ -14,7 +14,7 @@ from scrub.engine.positions import node_positions
 from scrub.model import ModelView
 from test_batched_engine import DATA, MODEL_ATTN, MODEL_MLP, N_POS, engines_for, induction_like, max_diff, model_for, with_mlp
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.requires_hooked]
 
 
 def _needed(schedules, causal=True):

@@ -45,6 +45,7 @@ def test_available():
     assert names == sorted(names)
 
 
+@pytest.mark.requires_hooked
 def test_load(model):
     from transformer_lens import HookedTransformer
 
@@ -58,6 +59,7 @@ def test_load(model):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+@pytest.mark.requires_hooked
 def test_load_matches_the_weights_file(model):
     from safetensors.torch import load_file
 
@@ -69,6 +71,7 @@ def test_load_matches_the_weights_file(model):
     assert (WEIGHTS / "induction-2l.safetensors").stat().st_size < 1_000_000
 
 
+@pytest.mark.requires_hooked
 def test_load_is_deterministic_and_leaves_global_rng_alone(model):
     torch.manual_seed(5)
     expected = torch.rand(3)
@@ -89,6 +92,7 @@ def test_unknown_name_lists_available():
         scrub.zoo.info("../weights/induction-2l")
 
 
+@pytest.mark.requires_hooked
 def test_shipped_model_does_induction(run, data):
     logits, _ = run
     induction_loss = F.cross_entropy(logits[data.loss_mask], data.targets[data.loss_mask]).item()
@@ -99,6 +103,7 @@ def test_shipped_model_does_induction(run, data):
     assert abs(first_copy_loss - math.log(50)) < 0.6
 
 
+@pytest.mark.requires_hooked
 def test_recorded_heads_hold(run, data):
     """The heads named in the JSON (which hypotheses rely on) behave as recorded."""
     _, cache = run

@@ -273,8 +273,9 @@ def config_from_hooked(model: Any) -> ViewConfig:
         UnsupportedModelError: ``model`` is not a ``HookedTransformer``, or it uses a setting
             that changes the forward pass and is not implemented (the message names it).
     """
-    from transformer_lens import HookedTransformer
+    from scrub.tlcompat import require_hooked_transformer
 
+    HookedTransformer = require_hooked_transformer("ModelView.from_hooked (a TransformerLens model's view)")
     if not isinstance(model, HookedTransformer):
         raise UnsupportedModelError(
             f"scrub reads models from a transformer_lens.HookedTransformer, got "

@@ -190,11 +190,13 @@ def _from_hub(name: str, *, device: Optional[Any] = None, **kwargs):
 
 def _transformer_lens_official(name: str):
     """``HookedTransformer`` when TransformerLens 3 is installed and knows ``name``; else None."""
-    try:
-        from transformer_lens import HookedTransformer
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-    except ImportError:  # TransformerLens 4 has no HookedTransformer
+    from scrub.tlcompat import hooked_transformer_available
+
+    if not hooked_transformer_available():  # TransformerLens 4 has no HookedTransformer
         return None
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
     try:
         get_official_model_name(name)
     except (ValueError, KeyError):
@@ -235,16 +237,14 @@ def from_hf(hf_model, *, tokenizer=None, device: Optional[Any] = None, fold_ln: 
     Works offline on a model you already hold, e.g. ``GPT2LMHeadModel.from_pretrained(local_dir)``.
 
     Raises:
+        NeedsHookedTransformerError: TransformerLens 4 (no HookedTransformer); pass the HF model itself.
         UnsupportedModelError: the model is not GPT-2-architecture.
     """
-    try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-        from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
-    except ImportError:
-        raise UnsupportedModelError(
-            "from_hf() builds a HookedTransformer, which needs TransformerLens 3; this TransformerLens has "
-            "none; pass the HuggingFace model to scrub directly instead"
-        ) from None
+    from scrub.tlcompat import require_hooked_transformer
+
+    HookedTransformer = require_hooked_transformer("from_hf() (it builds a HookedTransformer)")
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 
     config = getattr(hf_model, "config", None)
     if getattr(config, "model_type", None) != "gpt2":

@@ -195,12 +195,19 @@ def get_recipe(name: str) -> Recipe:
 def build_model(config: Mapping[str, Any], *, seed: int = 0, device: Any = "cpu"):
     """A freshly initialised ``HookedTransformer`` for ``config`` (HookedTransformerConfig kwargs).
 
+    Needs TransformerLens 3 (`NeedsHookedTransformerError` under 4; ``scrub.zoo.load`` then
+    gives the shipped weights as a HuggingFace GPT-2 instead).
+
     The initialisation draws from the global torch RNG (TransformerLens offers no generator), so
     it runs inside ``torch.random.fork_rng`` seeded with ``seed``: the caller's global RNG state
     is left as it was, and the same seed gives the same initial weights.
     """
     import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from scrub.tlcompat import require_hooked_transformer
+
+    HookedTransformer = require_hooked_transformer("building or training a zoo model")
+    from transformer_lens import HookedTransformerConfig
 
     kwargs = dict(config)
     kwargs["device"] = str(device)
