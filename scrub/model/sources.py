@@ -58,6 +58,14 @@ def _is_hf(model: Any) -> bool:
     return isinstance(model, PreTrainedModel)
 
 
+def unwrap_bridge(model: Any) -> Any:
+    """A TransformerLens ``TransformerBridge`` as the plain HuggingFace model it wraps (sharing its
+    tensors; `scrub.model.bridge.hf_model_of_bridge`); any other model as it is."""
+    from scrub.model.bridge import hf_model_of_bridge, is_bridge
+
+    return hf_model_of_bridge(model) if is_bridge(model) else model
+
+
 def config_from_model(model: Any) -> ViewConfig:
     """The `ViewConfig` of a ``HookedTransformer`` or a HuggingFace causal LM (no weights copied).
 
@@ -65,6 +73,7 @@ def config_from_model(model: Any) -> ViewConfig:
         UnsupportedModelError: another kind of object, an unknown family, or a setting the view
             does not implement (the message names it).
     """
+    model = unwrap_bridge(model)
     if _is_hooked(model):
         return config_from_hooked(model)
     if _is_hf(model):
@@ -96,6 +105,7 @@ def _check_dtypes(model: Any) -> None:
 
 def weights_from_model(model: Any, config: ViewConfig) -> dict[str, Optional[Tensor]]:
     """Detached copies of the weights of ``model`` (as read into ``config``), by `ModelView` field."""
+    model = unwrap_bridge(model)
     if config.family == "hooked_transformer":
         return weights_from_hooked(model, config)
     from scrub.model.hf_weights import weights_from_hf
