@@ -81,7 +81,9 @@ def _gpt2(cfg: Any) -> ViewConfig:
     return ViewConfig(
         n_layers=L, n_heads=H, d_model=d, d_head=e, d_mlp=cfg.n_inner or 4 * d,
         d_vocab=cfg.vocab_size, d_vocab_out=cfg.vocab_size, n_ctx=cfg.n_positions, attn_only=False,
-        positional="standard", causal=True, normalization="layernorm",
+        # a GPT-2 whose attention is bidirectional (`is_causal=False`, as the zoo's HF form of a
+        # bidirectional model) is read as such: no causal mask
+        positional="standard", causal=bool(getattr(cfg, "is_causal", True)), normalization="layernorm",
         act_fn=_act("gpt2", "activation_function", cfg.activation_function), eps=float(cfg.layer_norm_epsilon),
         attn_scale=base, layer_attn_scales=scales, family="gpt2",
         attn_fp32=bool(getattr(cfg, "reorder_and_upcast_attn", False)),
