@@ -66,6 +66,7 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("command", ["run", "compare"])
+@pytest.mark.requires_hooked  # its hypothesis file builds a HookedTransformer
 def test_duplicate_hypothesis_names_are_refused(command, tiny, capsys):
     tiny.write_text(TINY_FILE.replace('Hypothesis("head by token")', 'Hypothesis("embed exact")'))
     assert main([command, str(tiny), "--quick"] if command == "run" else [command, str(tiny)]) == 2
@@ -126,6 +127,7 @@ def test_unwritable_paths_are_refused_before_running(tiny, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("failing", ["--json", "--html"])
 @pytest.mark.parametrize("command", ["quick", "run", "compare"])
+@pytest.mark.requires_hooked  # its hypothesis file builds a HookedTransformer
 def test_a_failed_write_does_not_lose_the_other_file(failing, command, tiny, tmp_path, monkeypatch, capsys):
     import scrub.reporting.files as files
 

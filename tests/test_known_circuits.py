@@ -13,7 +13,8 @@ from scrub.errors import ScrubError
 from scrub.search import search
 from scrub.zoo import known
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# one thread; and a HookedTransformer (the oracle is TransformerLens hooks / the models are HookedTransformers)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.requires_hooked]
 
 
 def _precision_recall(found: frozenset, true: frozenset) -> tuple[float, float]:

@@ -13,7 +13,8 @@ from scrub.patching import CORRUPT_KEY, activation_patch, paired
 from scrub.patching.result import ratio_with_se
 from conftest import make_model, random_dataset
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# one thread; and a HookedTransformer (the oracle is TransformerLens hooks / the models are HookedTransformers)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.requires_hooked]
 
 HOOKS = {
     "head": lambda l: f"blocks.{l}.attn.hook_z",

@@ -15,7 +15,8 @@ from scrub.patching import activation_patch
 from scrub.patching.attribution import attribution_patch
 from conftest import make_model, random_dataset
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# one thread; and a HookedTransformer (the oracle is TransformerLens hooks / the models are HookedTransformers)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.requires_hooked]
 
 NAMES = {
     "head": "attn.hook_z", "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v",

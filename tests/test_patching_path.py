@@ -18,7 +18,8 @@ from scrub.metrics import resolve
 from scrub.patching.path import path_patch
 from conftest import random_dataset
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# one thread; and a HookedTransformer (the oracle is TransformerLens hooks / the models are HookedTransformers)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.requires_hooked]
 
 
 def hooked_path_patch(model, data, corrupt, senders, receivers, direction, metric):

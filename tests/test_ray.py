@@ -129,6 +129,7 @@ def hypotheses():
 '''
 
 
+@pytest.mark.requires_hooked  # its hypothesis file builds a HookedTransformer
 def test_cli_sweep_on_ray(tmp_path, capsys):
     from scrub.cli import main
 

@@ -137,6 +137,7 @@ def search_features():
 '''
 
 
+@pytest.mark.requires_hooked  # its hypothesis file builds a HookedTransformer
 def test_cli_search_writes_json_html_python(tmp_path, capsys):
     from scrub.cli import main
 

@@ -96,8 +96,8 @@ def _port_patches(model, scale: float, seed: int):
     for c in hf_writers(model)[1:]:
         ports = ("q", "k", "v") if isinstance(c, Head) else ("in",) if isinstance(c, MLP) else ()
         for port in ports:
-            patches.append((c, port, scale * torch.randn(2, DATA.n_pos, 24, generator=g)))
-    return patches + [(Output(), "in", scale * torch.randn(2, DATA.n_pos, 24, generator=g))]
+            patches.append((c, port, scale * torch.randn(2, DATA.n_pos, model.config.hidden_size, generator=g)))
+    return patches + [(Output(), "in", scale * torch.randn(2, DATA.n_pos, model.config.hidden_size, generator=g))]
 
 
 @torch.no_grad()
