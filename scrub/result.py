@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 from torch import Tensor
+
+from scrub.errors import ScrubError
 
 __all__ = ["Result", "RowValues"]
 
@@ -94,15 +96,33 @@ class Result:
 
     def _repr_html_(self) -> str:
         """The result as HTML for a notebook cell (as in the report; no scripts)."""
-        from scrub.reporting.notebook import result_html  # lazy: reporting sits above result
-
-        return result_html(self.to_dict())
+        return _presenter("html")(self.to_dict())
 
     def plot(self):
         """Loss recovered with its CI as a matplotlib `Figure` (save it as PNG, PDF or SVG)."""
-        from scrub.reporting.notebook import result_figure  # lazy: reporting sits above result
+        return _presenter("figure")(self.to_dict())
 
-        return result_figure(self.to_dict())
+
+# How a `Result` draws itself. The reporting layer sits above this module, so it registers its
+# renderers here when it loads (`scrub.reporting.notebook`, imported by `scrub.reporting`, which
+# `import scrub` loads); this module never imports it.
+_PRESENTERS: dict[str, Callable[[dict], Any]] = {}
+
+
+def register_presenters(**presenters: Callable[[dict], Any]) -> None:
+    """Set the functions that draw a `Result.to_dict()`: ``html`` (a notebook fragment) and
+    ``figure`` (a matplotlib `Figure`)."""
+    _PRESENTERS.update(presenters)
+
+
+def _presenter(kind: str) -> Callable[[dict], Any]:
+    found = _PRESENTERS.get(kind)
+    if found is None:
+        raise ScrubError(
+            f"no {kind} renderer is registered for Result; import scrub.reporting (import scrub does) "
+            f"before displaying or plotting a Result"
+        )
+    return found
 
 
 def mean_se(values: Tensor, weights: Optional[Tensor] = None) -> tuple[float, float]:

@@ -1,12 +1,14 @@
 """Notebook display and figures of a `scrub.result.Result`, in one place.
 
-`Result` sits below `scrub.reporting` in the package layering, so it reaches these through one
-lazy import of this module (the layering's one allowed upward import). `Report` and `Comparison`
-live in `scrub.reporting.results` and call `scrub.reporting.html` and `scrub.reporting.plot`
-directly.
+`Result` sits below `scrub.reporting` in the package layering and never imports it: this module
+registers these two functions with `scrub.result.register_presenters` when it loads (the
+reporting package imports it). `Report` and `Comparison` live in `scrub.reporting.results` and
+call `scrub.reporting.html` and `scrub.reporting.plot` directly.
 """
 
 from __future__ import annotations
+
+from scrub.result import register_presenters
 
 __all__ = ["result_html", "result_figure"]
 
@@ -23,3 +25,6 @@ def result_figure(data: dict):
     from scrub.reporting.plot import plot_result  # matplotlib loads only when a figure is asked for
 
     return plot_result(data)
+
+
+register_presenters(html=result_html, figure=result_figure)
