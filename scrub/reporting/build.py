@@ -24,7 +24,7 @@ from scrub.model import ModelView, model_name, require_decomposable
 from scrub.options import ReportOptions, RunOptions, check_dataset, check_hypothesis, check_model, merge
 from scrub.reporting import variants as V
 from scrub.reporting.ablation import ablated_logits
-from scrub.reporting.files import environment, model_fingerprint
+from scrub.reporting.files import environment
 from scrub.reporting.subpopulations import check_by, subpopulations
 from scrub.reporting.results import (
     Comparison,
@@ -36,6 +36,7 @@ from scrub.reporting.results import (
 )
 from scrub.reporting.terminal import pct
 from scrub.result import Result
+from scrub.store.keys import model_fingerprint  # the one model hash (the result store keys cells by it)
 
 __all__ = ["report", "compare", "generality", "joint_finding"]
 

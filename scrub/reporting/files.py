@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -13,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["write_text", "write_json", "model_fingerprint", "environment", "read_json"]
+__all__ = ["write_text", "write_json", "environment", "read_json"]
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -56,15 +55,6 @@ def write_json(path: str | Path, data: dict) -> Path:
 
 def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def model_fingerprint(model) -> str:
-    """A short hash of the model's parameters (order-stable)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def environment() -> dict[str, str]:
