@@ -276,3 +276,21 @@ def schedule_tensors(schedule) -> list:
         out.append(node.datum)
         out.append(node.other if node.other is not None else torch.empty(0))
     return out
+
+
+def two_small_hypotheses(prev_head: tuple[int, int] = (0, 2), token=None) -> list:
+    """Two hypotheses of a 2-layer model (the store, sweep and Ray tests' grid): "two heads" (1.0
+    and 1.1 into the logits) and "head 1.0 naive" (its q reads ``token``, default the current
+    token; its k reads head ``prev_head`` by the previous token)."""
+    from scrub import EXACT, Embed, Feature, Head, Hypothesis
+
+    a = Hypothesis("two heads")
+    out = a.output()
+    a.claim(Head(1, 0), EXACT, into=out)
+    a.claim(Head(1, 1), EXACT, into=out)
+    b = Hypothesis("head 1.0 naive")
+    out = b.output()
+    ind = b.claim(Head(1, 0), EXACT, into=out)
+    b.claim(Embed(), token or Feature.token(), into=(ind, "q"))
+    b.claim(Head(*prev_head), Feature.prev_token(), into=(ind, "k"))
+    return [a, b]

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 import scrub
-from scrub import EXACT, Embed, Feature, Head, Hypothesis
+from scrub import Feature
 from scrub.store.on_ray import RayError
 from scrub.store.sweep import evaluate_sharded, sweep
+
+from conftest import two_small_hypotheses
 
 ray = pytest.importorskip("ray")
 
@@ -40,17 +42,7 @@ def cluster():
 
 
 def _hyps(token=None):
-    token = token or Feature.token()
-    a = Hypothesis("two heads")
-    out = a.output()
-    a.claim(Head(1, 0), EXACT, into=out)
-    a.claim(Head(1, 1), EXACT, into=out)
-    b = Hypothesis("head 1.0 naive")
-    out = b.output()
-    ind = b.claim(Head(1, 0), EXACT, into=out)
-    b.claim(Embed(), token, into=(ind, "q"))
-    b.claim(Head(0, 2), Feature.prev_token(), into=(ind, "k"))
-    return [a, b]
+    return two_small_hypotheses(token=token)
 
 
 def _dump(results) -> list:

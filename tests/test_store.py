@@ -6,34 +6,23 @@ from __future__ import annotations
 import json
 import os
 
-import attrs
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scrub
-from scrub import EXACT, Embed, Feature, Head, Hypothesis
+from scrub import Feature, Head, Hypothesis
 from scrub.options import RunOptions
 from scrub.store import Cell, Store, StoreError, hypothesis_fingerprint
 from scrub.store.keys import _function_digest
 
-from conftest import copy_model, random_dataset
+from conftest import copy_model, random_dataset, two_small_hypotheses
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _hyps():
-    a = Hypothesis("two heads")
-    out = a.output()
-    a.claim(Head(1, 0), EXACT, into=out)
-    a.claim(Head(1, 1), EXACT, into=out)
-    b = Hypothesis("head 1.0 naive")
-    out = b.output()
-    ind = b.claim(Head(1, 0), EXACT, into=out)
-    b.claim(Embed(), Feature.token(), into=(ind, "q"))
-    b.claim(Head(0, 2), Feature.prev_token(), into=(ind, "k"))
-    return [a, b]
+_hyps = two_small_hypotheses
 
 
 @pytest.fixture()

@@ -14,14 +14,13 @@ from hypothesis import strategies as st
 import scrub
 import scrub.store.sweep as sweep_module
 import scrub.zoo
-from scrub import EXACT, Embed, Feature, Head, Hypothesis
 from scrub.cli import main
 from scrub.errors import OptionsError, ScrubError
 from scrub.options import RunOptions
 from scrub.store import show as store_show
 from scrub.store.sweep import evaluate_sharded, sweep
 
-from conftest import random_dataset
+from conftest import random_dataset, two_small_hypotheses
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,17 +31,7 @@ def zoo():
     return model, scrub.tasks.induction(n=40, seed=0)
 
 
-def _hyps(prev_head=(0, 2)):
-    a = Hypothesis("two heads")
-    out = a.output()
-    a.claim(Head(1, 0), EXACT, into=out)
-    a.claim(Head(1, 1), EXACT, into=out)
-    b = Hypothesis("head 1.0 naive")
-    out = b.output()
-    ind = b.claim(Head(1, 0), EXACT, into=out)
-    b.claim(Embed(), Feature.token(), into=(ind, "q"))
-    b.claim(Head(*prev_head), Feature.prev_token(), into=(ind, "k"))
-    return [a, b]
+_hyps = two_small_hypotheses
 
 
 def _dump(results) -> list:
