@@ -49,7 +49,7 @@ def _hypotheses_file(name: str):
 
 @pytest.fixture(scope="module")
 def hf_models():
-    return {name: scrub.zoo.load(name, form="hf") for name in scrub.zoo.available()}
+    return {name: scrub.zoo.load(name, form="hf") for name in scrub.zoo.available("trained")}
 
 
 def _task_data(name: str, n: int, seed: int):

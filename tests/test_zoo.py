@@ -126,7 +126,7 @@ def test_recorded_heads_hold(run, data):
 
 def test_json_record():
     record = json.loads((WEIGHTS / "induction-2l.json").read_text())
-    assert record == scrub.zoo.info("induction-2l")
+    assert {"kind": "trained", **record} == scrub.zoo.info("induction-2l")
     assert record["config"]["d_vocab"] == 50
     assert record["training"]["steps"] >= 1000
     assert record["eval"]["loss_induction_mask"] < 0.6
@@ -165,3 +165,38 @@ def test_cli_writes_loadable_weights(tmp_path, capsys):
     missing, unexpected = model.load_state_dict(load_file(str(tmp_path / "induction-2l.safetensors")), strict=False)
     assert not unexpected and all(k.endswith(("mask", "IGNORE")) for k in missing)
     assert "step" in capsys.readouterr().out
+
+
+def test_known_circuit_models_are_in_the_zoo():
+    """The hand-set models of `scrub.zoo.known` are zoo models too: listed, described, loadable."""
+    from scrub.zoo import known
+
+    assert scrub.zoo.available("known") == known.available() == ["induction-known", "lookup-known"]
+    assert "induction-2l" in scrub.zoo.available("trained")
+    assert not set(scrub.zoo.available("trained")) & set(scrub.zoo.available("known"))
+    assert scrub.zoo.available() == sorted(scrub.zoo.available("trained") + scrub.zoo.available("known"))
+    record = scrub.zoo.info("induction-known")
+    assert record["kind"] == "known" and record["description"] == known.get("induction-known").description
+    assert len(record["circuit"]) == len(known.circuit("induction-known"))
+    assert "Head(0.0) -> Head(1.0).k" in record["circuit"]
+    assert scrub.zoo.info("induction-2l")["kind"] == "trained"
+    with pytest.raises(ScrubError, match="choose one of"):
+        scrub.zoo.available("hand-set")
+
+
+@pytest.mark.requires_hooked
+def test_known_circuit_model_loads_through_the_zoo_and_load_model():
+    from scrub.zoo import known
+
+    model = scrub.zoo.load("lookup-known")
+    again = scrub.load_model("lookup-known")
+    direct = known.load("lookup-known")
+    for (k, a), (_, b), (_, c) in zip(model.named_parameters(), again.named_parameters(), direct.named_parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c), k
+
+
+def test_known_circuit_model_has_no_hf_form():
+    from scrub.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="form='hf'"):
+        scrub.zoo.load("induction-known", form="hf")

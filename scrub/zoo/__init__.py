@@ -7,6 +7,11 @@ under TransformerLens 4, which has none, the same weights as a HuggingFace ``GPT
 measured losses and head scores) and ``weights/NAME.safetensors`` (the parameters). Nothing is
 downloaded and nothing is unpickled. ``python -m scrub.zoo.train NAME`` re-trains a model from its
 recipe in `scrub.zoo.recipes`.
+
+The zoo also holds the hand-set models of `scrub.zoo.known` (``"induction-known"``,
+``"lookup-known"``): no training, every weight set so that the circuit is known by construction.
+``available()`` lists both kinds (``available("trained")`` / ``available("known")`` one of them),
+``load`` builds either, and ``info`` of a known model gives its description and true edges.
 """
 
 from __future__ import annotations
@@ -17,18 +22,42 @@ from typing import Any, Optional
 
 from scrub.errors import ScrubError
 
-__all__ = ["load", "available", "info"]
+__all__ = ["load", "available", "info", "KINDS"]
 
 _WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
-def available() -> list[str]:
-    """The sorted names of the models whose weights are shipped (``load`` accepts these)."""
+KINDS = ("all", "trained", "known")
+
+
+def _trained() -> list[str]:
     if not _WEIGHTS.is_dir():
         return []
-    return sorted(
-        p.stem for p in _WEIGHTS.glob("*.json") if p.with_suffix(".safetensors").is_file()
-    )
+    return [p.stem for p in _WEIGHTS.glob("*.json") if p.with_suffix(".safetensors").is_file()]
+
+
+def _known() -> list[str]:
+    from scrub.zoo import known
+
+    return known.available()
+
+
+def available(kind: str = "all") -> list[str]:
+    """The sorted names of the zoo's models (``load`` accepts these).
+
+    Args:
+        kind: ``"trained"`` (weights shipped, trained by `scrub.zoo.train`), ``"known"`` (hand-set
+            weights whose circuit is known by construction, `scrub.zoo.known`) or ``"all"``.
+
+    Raises:
+        ScrubError: another ``kind``.
+    """
+    if kind not in KINDS:
+        raise ScrubError(f"zoo.available(kind={kind!r}): choose one of {list(KINDS)}")
+    names = {"trained": _trained, "known": _known}
+    if kind == "all":
+        return sorted(_trained() + _known())
+    return sorted(names[kind]())
 
 
 def _check_name(name: Any) -> None:
@@ -41,13 +70,21 @@ def _check_name(name: Any) -> None:
 
 
 def info(name: str) -> dict[str, Any]:
-    """The model's JSON record: ``config``, ``training``, ``eval`` losses, ``heads``, ``notes``.
+    """The model's record. A trained model: its JSON (``config``, ``training``, ``eval`` losses,
+    ``heads``, ``notes``) plus ``kind: "trained"``. A known-circuit model: ``kind: "known"``, its
+    ``description`` and its true ``circuit`` (edges as ``"child -> parent.port"``).
 
     Raises:
-        ScrubError: no shipped model has that name (the message lists the available ones).
+        ScrubError: the zoo has no model of that name (the message lists the available ones).
     """
     _check_name(name)
-    return json.loads((_WEIGHTS / f"{name}.json").read_text())
+    if name in _known():
+        from scrub.zoo import known
+
+        entry = known.get(name)
+        edges = sorted(f"{child} -> {parent}.{port}" for child, parent, port in entry.edges)
+        return {"kind": "known", "name": name, "description": entry.description, "circuit": edges}
+    return {"kind": "trained", **json.loads((_WEIGHTS / f"{name}.json").read_text())}
 
 
 FORMS = ("hooked", "hf")
@@ -75,10 +112,13 @@ def load(name: str, device: Optional[Any] = None, *, form: Optional[str] = None)
 
     from scrub.tlcompat import hooked_transformer_available
 
+    if form is not None and form not in FORMS:
+        raise ScrubError(f"zoo.load(form={form!r}): choose one of {list(FORMS)} (or None for this TransformerLens's default)")
+    _check_name(name)
+    if name in _known():
+        return _load_known(name, device, form)
     if form is None:
         form = "hooked" if hooked_transformer_available() else "hf"
-    if form not in FORMS:
-        raise ScrubError(f"zoo.load(form={form!r}): choose one of {list(FORMS)} (or None for this TransformerLens's default)")
     record = info(name)
     state = load_file(str(_WEIGHTS / f"{name}.safetensors"), device="cpu")
     if form == "hf":
@@ -106,6 +146,26 @@ def load(name: str, device: Optional[Any] = None, *, form: Optional[str] = None)
             f"with `python -m scrub.zoo.train {name}`"
         )
     model.eval()
+    if device is not None:
+        model = model.to(device, print_details=False)
+    return model
+
+
+def _load_known(name: str, device: Optional[Any], form: Optional[str]):
+    """A hand-set model of `scrub.zoo.known` (a ``HookedTransformer``: no normalisation, which a
+    HuggingFace GPT-2 cannot express)."""
+    from scrub.errors import UnsupportedModelError
+    from scrub.tlcompat import require_hooked_transformer
+    from scrub.zoo import known
+
+    if form == "hf":
+        raise UnsupportedModelError(
+            f"rule: a known-circuit zoo model exists only as a HookedTransformer; offender: "
+            f"zoo.load({name!r}, form='hf') (it has no LayerNorm, which HuggingFace GPT-2 always applies); "
+            f"fix: load it with form=None or form='hooked' (TransformerLens 3)"
+        )
+    require_hooked_transformer(f"the known-circuit zoo model {name!r}")
+    model = known.load(name)
     if device is not None:
         model = model.to(device, print_details=False)
     return model
