@@ -90,7 +90,7 @@ def test_unknown_kinds_and_empty_figures_are_refused():
     import attrs
 
     rep, cmp = V.report(), V.comparison()
-    with pytest.raises(ReportError, match="choose one of \\['lr', 'graph', 'redundancy'\\]"):
+    with pytest.raises(ReportError, match="choose one of \\['lr', 'graph', 'redundancy', 'subpopulations', 'rows'\\]"):
         rep.plot("bars")
     with pytest.raises(ReportError, match="no redundancy pairs were checked"):
         attrs.evolve(rep, joint=(), compensation=()).plot("redundancy")
@@ -107,3 +107,46 @@ def test_wrap_keeps_every_character_and_bounds_every_line(text, width):
     assert "".join(lines).replace(" ", "") == text.replace(" ", "")
     if len(text) <= width:
         assert lines == [text]
+
+
+def _with_subpopulations(rep, flagged: bool = True):
+    import attrs
+
+    from scrub.reporting.subpopulations import Cancellation, GroupLR, Subpopulations
+
+    by = {"period": (GroupLR("2", 40, V.estimate(0.91, 0.02)), GroupLR("5", 35, V.estimate(0.42, 0.05))),
+          "noise": (GroupLR("0", 60, V.estimate(0.77, 0.03)), GroupLR("1", 15, V.estimate(0.31, 0.09)))}
+    hist = ((-0.5, 0.0, 0.5, 1.0, 1.5), (3, 10, 40, 22))
+    subs = Subpopulations(by=by, histogram=hist, worst=GroupLR("worst", 4, V.estimate(-0.62, 0.11)),
+                          worst_fraction=0.05, cancellation=Cancellation(0.48, 0.21, flagged))
+    return attrs.evolve(rep, subpopulations=subs)
+
+
+def test_subpopulation_figure_has_a_panel_per_feature_and_the_worst_rows(tmp_path):
+    fig = _with_subpopulations(V.report()).plot("subpopulations")
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["by period", "by noise", "worst 5% of rows"]
+    assert [len(ax.patches) for ax in fig.axes] == [2, 2, 1]  # one bar per group
+    ticks = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+    assert "period=5 (35 rows)" in ticks and "worst 5% of rows (4 rows)" in ticks
+    texts = _texts(fig)
+    assert "42.0% [37.0%, 47.0%]" in texts and "-62.0% [-73.0%, -51.0%]" in texts
+    fig.savefig(tmp_path / "s.png")
+
+
+def test_rows_figure_draws_the_histogram_and_the_cancellation_check(tmp_path):
+    fig = _with_subpopulations(V.report()).plot("rows")
+    (ax,) = fig.axes
+    (stairs,) = [p for p in ax.patches]
+    assert list(stairs.get_data().values) == [3, 10, 40, 22]
+    assert list(stairs.get_data().edges) == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    title = ax.get_title(loc="left")
+    assert "48.0%" in title and "21.0%" in title and "errors cancel" in title
+    calm = _with_subpopulations(V.report(), flagged=False).plot("rows")
+    assert "errors cancel" not in calm.axes[0].get_title(loc="left")
+    fig.savefig(tmp_path / "r.pdf")
+
+
+def test_subpopulation_figures_need_subpopulation_data():
+    for kind in ("subpopulations", "rows"):
+        with pytest.raises(ReportError, match="holds no subpopulation data"):
+            V.report().plot(kind)

@@ -83,6 +83,12 @@ def test_report_shows_subpopulations(attn_model, data, tmp_path):
     assert "Where it fails" in rep.to_html(tmp_path / "r.html").read_text()
     assert "worst 5% of rows" in str(rep)
     json.dumps(d)
+    fig = rep.plot("subpopulations")  # the same numbers as a matplotlib figure
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["by half", "worst 5% of rows"]
+    assert f"half=1 ({d['subpopulations']['by']['half'][1]['n_rows']} rows)" in [
+        t.get_text() for t in fig.axes[0].get_yticklabels()]
+    stairs = rep.plot("rows").axes[0].patches[0]
+    assert list(stairs.get_data().values) == d["subpopulations"]["per_row_histogram"]["counts"]
 
 
 def test_bad_by(attn_model, data):

@@ -30,7 +30,7 @@ from scrub.reporting.svg import GREY, axis_domain, fmt_num, fmt_pct, fnum, graph
 
 __all__ = ["plot_result", "plot_report", "plot_comparison", "REPORT_KINDS", "COMPARISON_KINDS"]
 
-REPORT_KINDS = ("lr", "graph", "redundancy")
+REPORT_KINDS = ("lr", "graph", "redundancy", "subpopulations", "rows")
 COMPARISON_KINDS = ("lr", "differences")
 KIND_TITLES = {"leave-one-out": "leave-one-out (claim removed)", "alone": "each claim alone", "path": "root-to-leaf paths",
                "named": "named subgraphs"}
@@ -118,6 +118,14 @@ def plot_report(d: dict, kind: str = "lr") -> Figure:
         return _graph_figure(d.get("graph") or {})
     if kind == "redundancy":
         return _redundancy_figure(d)
+    if kind in ("subpopulations", "rows"):
+        subpops = d.get("subpopulations")
+        if not subpops:
+            raise ReportError(
+                f"Report.plot(kind={kind!r}): the report holds no subpopulation data (it was built before "
+                f"scrub reported them); build it again with scrub.report(...)"
+            )
+        return _subpopulation_figure(subpops) if kind == "subpopulations" else _rows_figure(subpops)
     full = d.get("full") or {}
     name = d.get("hypothesis", full.get("hypothesis", "hypothesis"))
     full_row = _row(f"full: {name}", full, strong=True)
@@ -266,4 +274,43 @@ def _redundancy_figure(d: dict) -> Figure:
         else:
             _matrix(fig, ax, pairs, key, fmt_num, "compensation: rise of b's\ndirect effect, a knocked out",
                     f"rise ({metric})")
+    return fig
+
+
+def _group_row(label: str, g: dict) -> dict:
+    est = g.get("loss_recovered") or {}
+    lo, hi = (list(est.get("ci") or []) + [None, None])[:2]
+    return {"label": f"{label} ({g.get('n_rows')} rows)", "value": est.get("value"), "lo": lo, "hi": hi}
+
+
+def _subpopulation_figure(s: dict) -> Figure:
+    """Loss recovered within each value of every ``by=`` feature, and on the worst rows, with CIs."""
+    panels = [(f"by {name}", [_group_row(f"{name}={g.get('label')}", g) for g in groups])
+              for name, groups in (s.get("by") or {}).items() if groups]
+    worst = s.get("worst") or {}
+    share = fnum(worst.get("fraction"))
+    label = f"worst {round(100 * share)}% of rows" if math.isfinite(share) else "worst rows"
+    panels.append((label, [_group_row(label, worst)]))
+    return _bar_figure(panels)
+
+
+def _rows_figure(s: dict) -> Figure:
+    """The histogram of per-row recovered loss, with the cancellation check in the title."""
+    hist = s.get("per_row_histogram") or {}
+    edges = [fnum(x) for x in hist.get("edges") or []]
+    counts = list(hist.get("counts") or [])
+    fig = Figure(figsize=(7.5, 3.0), layout="constrained")
+    ax = fig.subplots()
+    if len(edges) == len(counts) + 1 and counts:
+        ax.stairs(counts, edges, fill=True, color="#8fb3da", edgecolor="#3b6ea8")
+    for v in (0.0, 1.0):
+        ax.axvline(v, color="#555", linestyle=(0, (4, 3)), linewidth=0.8)
+    c = s.get("cancellation") or {}
+    flag = "  \u2190 errors cancel" if c.get("flagged") else ""
+    ax.set_title(f"per-row recovered loss; mean |scrub \u2212 model| {fmt_pct(fnum(c.get('mean_abs_difference')))} of the "
+                 f"gap, |mean| {fmt_pct(fnum(c.get('abs_mean_difference')))}{flag}", loc="left", fontsize=9, fontweight="bold")
+    ax.set_xlabel("recovered loss of one row ((base_i \u2212 scrub_i) / mean gap)", fontsize=8)
+    ax.set_ylabel("rows", fontsize=8)
+    ax.xaxis.set_major_formatter(lambda x, _: fmt_pct(x))
+    ax.tick_params(labelsize=8)
     return fig

@@ -170,11 +170,15 @@ class Report:
     def plot(self, kind: str = "lr"):
         """A matplotlib `Figure` for a paper: ``"lr"`` (loss recovered of the full hypothesis and
         every subgraph, with CIs, one panel per kind), ``"graph"`` (the hypothesis graph coloured by
-        each claim's leave-one-out contribution) or ``"redundancy"`` (the pair matrices). Save it
+        each claim's leave-one-out contribution), ``"redundancy"`` (the pair matrices),
+        ``"subpopulations"`` (loss recovered within each value of every ``by=`` feature and on the
+        worst rows, with CIs) or ``"rows"`` (the histogram of per-row recovered loss, with the
+        cancellation check). Save it
         with ``fig.savefig("x.pdf")`` (PNG, PDF and SVG work); no display is needed.
 
         Raises:
-            ReportError: an unknown ``kind``, or ``"redundancy"`` when no pairs were checked.
+            ReportError: an unknown ``kind``, ``"redundancy"`` when no pairs were checked, or
+                ``"subpopulations"`` / ``"rows"`` on a report that holds no subpopulation data.
         """
         from scrub.reporting.plot import plot_report
 
