@@ -39,6 +39,24 @@ def dataset(n: int = 256, seed: int = 0) -> scrub.Dataset:
     return paired(clean, torch.where(first_copy, fresh, clean.tokens))
 
 
+def previous_token_pairs(n: int = 256, seed: int = 0) -> scrub.Dataset:
+    """Induction rows paired with copies in which every other token of the first copy is re-drawn.
+
+    A narrower corruption than `dataset`: at half the scored positions only what the previous-token
+    head carries (the token before the one to copy) is broken, while the token to copy survives.
+    Restoring head 0.3 alone then brings those positions back, so denoising can see it; with the
+    whole first copy re-drawn it cannot (0.3 and the induction heads' values form an AND).
+    """
+    clean = scrub.tasks.induction(n=n, seed=seed, vocab=VOCAB)
+    generator = torch.Generator().manual_seed(seed + 1)
+    pos = torch.arange(clean.n_pos)[None, :]  # [1, pos]
+    period = clean.extras["period"][:, None]  # [n, 1]
+    start = clean.n_pos - 2 * period  # [n, 1] first position of the first copy
+    every_other = (pos >= start) & (pos < clean.n_pos - period) & ((pos - start) % 2 == 1)  # [n, pos]
+    fresh = torch.randint(0, VOCAB, clean.tokens.shape, generator=generator)  # [n, pos]
+    return paired(clean, torch.where(every_other, fresh, clean.tokens))
+
+
 def main(out_dir: str = "patching-induction") -> None:
     m, data = model(), dataset()
     found = explore(m, data, out_dir, threshold=0.1)

@@ -3,6 +3,8 @@ per cell, independent of the model view), the identities, and the normalisation.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -250,3 +252,19 @@ def test_property_patching_a_run_with_itself_changes_nothing(mlp_model, kinds, s
     data = random_dataset(n=6, seed=seed)
     result = activation_patch(mlp_model, data, kinds, corrupt=data.tokens, metric="target_logit", positions="each")
     torch.testing.assert_close(result.patched, torch.full_like(result.patched, result.clean), rtol=1e-5, atol=1e-5)
+
+
+def test_a_narrow_corruption_lets_both_sweeps_find_the_previous_token_head():
+    """With every other token of the first copy re-drawn (hypotheses/explore_induction.py
+    `previous_token_pairs`), the previous-token head 0.3 is both the most necessary head (noising)
+    and the most sufficient one (denoising), and induction head 1.0 follows it in both."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "hypotheses" / "explore_induction.py"
+    spec = importlib.util.spec_from_file_location("explore_induction_for_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model, data = scrub.zoo.load("induction-2l"), module.previous_token_pairs(n=128, seed=0)
+    for direction in ("denoise", "noise"):
+        result = activation_patch(model, data, "heads", direction=direction)
+        assert [s.component for s in result.top(2)] == [Head(0, 3), Head(1, 0)], direction
