@@ -1,0 +1,271 @@
+"""Activation patching on every HuggingFace family against an oracle of plain PyTorch module hooks.
+
+`scrub.patching.activation_patch` runs on the model view (two stored passes, then every cell
+continued from its patched point). The oracle here never touches the view: per cell it runs the
+HuggingFace model itself (float32, eager attention) with one forward (pre-)hook writing the
+source run's value into the base run, and reads the logit difference at the last position:
+
+* a head's output: its slice of the input of the attention's output projection (``c_proj``,
+  ``dense``, ``out_proj``, ``o_proj``), which is linear, so replacing the slice replaces exactly
+  ``z_h @ W_O[h]``; in Gemma-2 the post-attention norm then re-normalises the patched sum;
+* a head's q, k or v: its slice of the projection's output (the fused ``c_attn`` /
+  ``query_key_value`` laid out as the family lays it out). Where several query heads share one
+  key/value head (grouped- and multi-query attention) the projection's slice is shared, so the
+  oracle takes two forwards: one with the shared slice patched, reading head ``h``'s values at the
+  output projection, one writing those values into head ``h``'s slice only;
+* an MLP's output: the MLP module's output (before Gemma-2's post-feed-forward norm: a
+  per-position map, so patching before or after it is the same at any set of positions);
+* the residual stream a layer reads: the decoder layer's input.
+
+Module paths are written out below for each family, independently of `scrub.model.hf_modules`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from scrub import Head
+from scrub.data import Dataset
+from scrub.patching import activation_patch
+from scrub.patching.sites import Site
+
+from families import FAMILIES, make_hf_model
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+N_ROWS, N_POS = 4, 7
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+# ---- the oracle: module paths per family, and hooks ---------------------------------------------
+
+
+def _paths(model: nn.Module) -> dict[str, Any]:
+    """The decoder layers and, per layer, how to reach the attention's projections and the MLP."""
+    t = model.config.model_type
+    if t == "gpt2":
+        return dict(layers=model.transformer.h, attn="attn", q=("c_attn", "blocks"), k=("c_attn", "blocks"),
+                    v=("c_attn", "blocks"), out="c_proj", mlp="mlp")
+    if t == "gpt_neox":
+        fused = ("query_key_value", "per_head")
+        return dict(layers=model.gpt_neox.layers, attn="attention", q=fused, k=fused, v=fused, out="dense", mlp="mlp")
+    if t == "gptj":
+        return dict(layers=model.transformer.h, attn="attn", q=("q_proj", None), k=("k_proj", None),
+                    v=("v_proj", None), out="out_proj", mlp="mlp")
+    if t in ("llama", "mistral", "qwen2", "gemma", "gemma2"):
+        return dict(layers=model.model.layers, attn="self_attn", q=("q_proj", None), k=("k_proj", None),
+                    v=("v_proj", None), out="o_proj", mlp="mlp")
+    raise AssertionError(f"no oracle paths for {t}")
+
+
+class Oracle:
+    """One hooked HuggingFace forward per patched cell, never the model view."""
+
+    def __init__(self, model: nn.Module) -> None:
+        c = model.config
+        self.model = model
+        self.p = _paths(model)
+        self.n_heads = c.num_attention_heads
+        self.n_kv = getattr(c, "num_key_value_heads", None) or self.n_heads
+        self.d_head = getattr(c, "head_dim", None) or c.hidden_size // self.n_heads
+
+    def _attn(self, layer: int) -> nn.Module:
+        return getattr(self.p["layers"][layer], self.p["attn"])
+
+    def _port(self, kind: str, layer: int) -> tuple[nn.Module, Callable[[int], slice]]:
+        """The module whose output holds ``kind`` (q, k, v) and the feature slice of a (kv-)head."""
+        name, layout = self.p[kind]
+        e, n = self.d_head, self.n_heads
+        index = "qkv".index(kind)
+        if layout == "blocks":  # [q | k | v], each n_heads * e wide
+            where = lambda h: slice(index * n * e + h * e, index * n * e + (h + 1) * e)  # noqa: E731
+        elif layout == "per_head":  # per head [q_h | k_h | v_h]
+            where = lambda h: slice(h * 3 * e + index * e, h * 3 * e + (index + 1) * e)  # noqa: E731
+        else:
+            where = lambda h: slice(h * e, (h + 1) * e)  # noqa: E731
+        return getattr(self._attn(layer), name), where
+
+    def _out_proj(self, layer: int) -> nn.Module:
+        return getattr(self._attn(layer), self.p["out"])
+
+    def _site_module(self, site: Site) -> tuple[nn.Module, bool, Callable[[int], slice] | None]:
+        """(module, pre-hook?, feature slice per head) where ``site`` lives."""
+        if site.kind == "head":
+            return self._out_proj(site.layer), True, lambda h: slice(h * self.d_head, (h + 1) * self.d_head)
+        if site.kind in ("q", "k", "v"):
+            module, where = self._port(site.kind, site.layer)
+            return module, False, where
+        if site.kind == "mlp":
+            return getattr(self.p["layers"][site.layer], self.p["mlp"]), False, None
+        return self.p["layers"][site.layer], True, None
+
+    @torch.no_grad()
+    def _run(self, tokens: Tensor, hooks: list[tuple[nn.Module, bool, Callable]]) -> Tensor:
+        handles = []
+        for module, pre, fn in hooks:
+            if pre:
+                handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(fn))
+        try:
+            return self.model(input_ids=tokens).logits.float()  # [n, p, v]
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @staticmethod
+    def _pre_writer(write: Callable[[Tensor], Tensor]) -> Callable:
+        """A pre-hook replacing the module's first input (positional or ``hidden_states=``)."""
+
+        def hook(module, args, kwargs):
+            if args:
+                return (write(args[0]), *args[1:]), kwargs
+            key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+            return args, {**kwargs, key: write(kwargs[key])}
+
+        return hook
+
+    @staticmethod
+    def _pre_reader(store: dict, key: Any) -> Callable:
+        def hook(module, args, kwargs):
+            store[key] = (args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))).clone()
+
+        return hook
+
+    def capture(self, tokens: Tensor, sites: list[Site]) -> dict:
+        """The value at each site's module in an unpatched run of ``tokens`` (plus each head
+        site's output-projection input, for the two-step key/value patch)."""
+        store: dict = {}
+        hooks = []
+        for site in {s.at(None) for s in sites}:
+            module, pre, _ = self._site_module(site)
+            key = (site.kind, site.layer)
+            if pre:
+                hooks.append((module, True, self._pre_reader(store, key)))
+            else:
+                hooks.append((module, False, lambda m, a, out, key=key: store.__setitem__(key, out.clone())))
+        self._run(tokens, hooks)
+        return store
+
+    def _patch_hook(self, site: Site, source: Tensor, feature: Optional[slice]) -> tuple[nn.Module, bool, Callable]:
+        module, pre, _ = self._site_module(site)
+        pos = slice(None) if site.position is None else site.position
+
+        def write(value: Tensor) -> Tensor:
+            value = value.clone()
+            if feature is None:
+                value[:, pos] = source[:, pos]
+            else:
+                value[:, pos, feature] = source[:, pos, feature]
+            return value
+
+        if pre:
+            return module, True, self._pre_writer(write)
+        return module, False, lambda m, a, out: write(out)
+
+    def patched_logits(self, base: Tensor, source: dict, site: Site) -> Tensor:
+        """The base run's logits with ``site`` taking its value from the source run."""
+        _, _, where = self._site_module(site)
+        key = (site.kind, site.layer)
+        if site.kind in ("q", "k", "v") and self.n_kv != self.n_heads and site.kind != "q":
+            # a shared key/value head: patch it for the whole group, read head h's values at the
+            # output projection, then write only those into the base run
+            group = site.head // (self.n_heads // self.n_kv)
+            read: dict = {}
+            first = [self._patch_hook(site, source[key], where(group)),
+                     (self._out_proj(site.layer), True, self._pre_reader(read, "z"))]
+            self._run(base, first)
+            h = slice(site.head * self.d_head, (site.head + 1) * self.d_head)
+            head = Site("head", site.layer, site.head, None)
+            return self._run(base, [self._patch_hook(head, read["z"], h)])
+        feature = None if site.head is None else where(site.head)
+        return self._run(base, [self._patch_hook(site, source[key], feature)])
+
+
+def logit_diff_last(logits: Tensor, data: Dataset) -> Tensor:
+    """``logit[target] - logit[wrong]`` at the last position, per row (float64)."""
+    last = logits[:, -1].double()  # [n, v]
+    right = last.gather(-1, data.targets[:, -1, None])[:, 0]
+    wrong = last.gather(-1, data.extras["wrong_target"][:, None])[:, 0]
+    return right - wrong
+
+
+def oracle_sweep(model: nn.Module, data: Dataset, corrupt: Tensor, sites: list[Site], direction: str):
+    """Per cell the oracle's mean metric; and the clean and corrupted runs' means."""
+    oracle = Oracle(model)
+    base, source = (corrupt, data.tokens) if direction == "denoise" else (data.tokens, corrupt)
+    captured = oracle.capture(source, sites)
+    clean = float(logit_diff_last(oracle._run(data.tokens, []), data).mean())
+    corr = float(logit_diff_last(oracle._run(corrupt, []), data).mean())
+    patched = [float(logit_diff_last(oracle.patched_logits(base, captured, s), data).mean()) for s in sites]
+    return torch.tensor(patched, dtype=torch.float64), clean, corr
+
+
+def make_data(vocab: int, n: int = N_ROWS, n_pos: int = N_POS, seed: int = 0) -> tuple[Dataset, Tensor]:
+    """Random clean rows (one answer and one wrong answer at the last position) and corrupted rows."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (n, n_pos), generator=g)
+    corrupt = torch.randint(0, vocab, (n, n_pos), generator=g)
+    targets = torch.full_like(tokens, -1)
+    targets[:, -1] = torch.randint(0, vocab, (n,), generator=g)
+    wrong = (targets[:, -1] + 1 + torch.randint(0, vocab - 1, (n,), generator=g)) % vocab
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, -1] = True
+    data = Dataset(tokens=tokens, targets=targets, loss_mask=mask, name="families", extras={"wrong_target": wrong})
+    return data, corrupt
+
+
+def check(model, data, corrupt, components, direction, positions):
+    result = activation_patch(model, data, components, direction=direction, corrupt=corrupt,
+                              metric="logit_diff", positions=positions)
+    want, clean, corr = oracle_sweep(model, data, corrupt, list(result.sites), direction)
+    assert result.clean == pytest.approx(clean, rel=1e-4, abs=1e-4)
+    assert result.corrupt == pytest.approx(corr, rel=1e-4, abs=1e-4)
+    bad = [(str(s), float(a), float(b)) for s, a, b in zip(result.sites, result.patched, want)
+           if not torch.isclose(a, b, **TOL)]
+    assert not bad, f"{len(bad)} of {len(want)} cells differ (site, sweep, oracle): {bad[:6]}"
+    # the sweep is not trivially the base run: some cell moves the metric
+    assert float((want - (corr if direction == "denoise" else clean)).abs().max()) > 1e-3
+    return result
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    model = make_hf_model(request.param, seed=11)
+    data, corrupt = make_data(model.config.vocab_size, seed=5)
+    return request.param, model, data, corrupt
+
+
+def _some_heads(model) -> list:
+    """Two heads per layer (the first and the last: different key/value groups)."""
+    n_heads = model.config.num_attention_heads
+    return [Head(layer, h) for layer in range(model.config.num_hidden_layers) for h in (0, n_heads - 1)]
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_heads_by_position_match_the_hook_oracle(family, direction):
+    _, model, data, corrupt = family
+    check(model, data, corrupt, "heads", direction, positions=[0, 3, N_POS - 1])
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_mlps_and_residual_stream_match_the_hook_oracle(family, direction):
+    _, model, data, corrupt = family
+    check(model, data, corrupt, ["mlp", "resid"], direction, positions="all")
+    check(model, data, corrupt, ["mlp", "resid"], direction, positions=[2, N_POS - 1])
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_head_ports_match_the_hook_oracle(family, direction):
+    _, model, data, corrupt = family
+    heads = _some_heads(model)
+    ports = [(h, port) for h in heads for port in "qkv"]
+    check(model, data, corrupt, ports, direction, positions=[1, N_POS - 1])
+    check(model, data, corrupt, ports, direction, positions="all")
