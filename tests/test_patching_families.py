@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from scrub import Head
 from scrub.data import Dataset
-from scrub.patching import activation_patch
+from scrub.patching import activation_patch, attribution_patch
 from scrub.patching.sites import Site
 
 from families import FAMILIES, make_hf_model
@@ -75,6 +75,7 @@ class Oracle:
         self.n_heads = c.num_attention_heads
         self.n_kv = getattr(c, "num_key_value_heads", None) or self.n_heads
         self.d_head = getattr(c, "head_dim", None) or c.hidden_size // self.n_heads
+        self.mlp_written = False
 
     def _attn(self, layer: int) -> nn.Module:
         return getattr(self.p["layers"][layer], self.p["attn"])
@@ -96,14 +97,18 @@ class Oracle:
         return getattr(self._attn(layer), self.p["out"])
 
     def _site_module(self, site: Site) -> tuple[nn.Module, bool, Callable[[int], slice] | None]:
-        """(module, pre-hook?, feature slice per head) where ``site`` lives."""
+        """(module, pre-hook?, feature slice per head) where ``site`` lives. An MLP's output is
+        taken after Gemma-2's post-feed-forward norm when ``self.mlp_written`` (what the MLP adds
+        to the residual stream: first-order estimates differ before and after a norm)."""
         if site.kind == "head":
             return self._out_proj(site.layer), True, lambda h: slice(h * self.d_head, (h + 1) * self.d_head)
         if site.kind in ("q", "k", "v"):
             module, where = self._port(site.kind, site.layer)
             return module, False, where
         if site.kind == "mlp":
-            return getattr(self.p["layers"][site.layer], self.p["mlp"]), False, None
+            layer = self.p["layers"][site.layer]
+            post = getattr(layer, "post_feedforward_layernorm", None)
+            return (post if self.mlp_written and post is not None else getattr(layer, self.p["mlp"])), False, None
         return self.p["layers"][site.layer], True, None
 
     @torch.no_grad()
@@ -189,6 +194,45 @@ class Oracle:
         return self._run(base, [self._patch_hook(site, source[key], feature)])
 
 
+    def first_order(self, base: Tensor, data: Dataset, sites: list[Site], source: dict) -> Tensor:
+        """Per cell, the base run's metric plus ``(a_source - a_base) . d metric / d a`` (the
+        gradient by autograd through the HuggingFace model, taken at zero-valued taps added by
+        hooks at each site's module), averaged over rows: attribution patching's estimate."""
+        base_values = self.capture(base, sites)
+        taps: dict = {}
+
+        def tapped(key):
+            def add(x: Tensor) -> Tensor:
+                taps[key] = torch.zeros_like(x, requires_grad=True)
+                return x + taps[key]
+            return add
+
+        hooks = []
+        for site in {s.at(None) for s in sites}:
+            module, pre, _ = self._site_module(site)
+            add = tapped((site.kind, site.layer))
+            hooks.append((module, True, self._pre_writer(add)) if pre else (module, False, lambda m, a, out, add=add: add(out)))
+        handles = [m.register_forward_pre_hook(fn, with_kwargs=True) if pre else m.register_forward_hook(fn) for m, pre, fn in hooks]
+        try:
+            with torch.enable_grad():
+                logits = self.model(input_ids=base).logits.float()  # [n, p, v]
+                metric = logit_diff_last(logits, data)  # [n]
+                grads = dict(zip(taps, torch.autograd.grad(metric.sum(), list(taps.values()))))
+        finally:
+            for handle in handles:
+                handle.remove()
+        out = []
+        for site in sites:
+            key = (site.kind, site.layer)
+            product = (source[key] - base_values[key]) * grads[key]  # [n, p, features]
+            if site.position is not None:
+                product = product[:, site.position : site.position + 1]
+            if site.head is not None:
+                product = product[..., self._site_module(site)[2](site.head)]
+            out.append(float((metric.detach() + product.double().sum((1, 2))).mean()))
+        return torch.tensor(out, dtype=torch.float64)
+
+
 def logit_diff_last(logits: Tensor, data: Dataset) -> Tensor:
     """``logit[target] - logit[wrong]`` at the last position, per row (float64)."""
     last = logits[:, -1].double()  # [n, v]
@@ -269,3 +313,23 @@ def test_head_ports_match_the_hook_oracle(family, direction):
     ports = [(h, port) for h in heads for port in "qkv"]
     check(model, data, corrupt, ports, direction, positions=[1, N_POS - 1])
     check(model, data, corrupt, ports, direction, positions="all")
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_attribution_matches_gradients_through_the_hf_model(family, direction):
+    """`attribution_patch`'s first-order estimates equal ``(a_source - a_base) . grad`` with the
+    gradient taken by autograd through the HuggingFace model at hooked taps. Grouped-query k/v
+    ports are left out: the model has one key/value vector per group, not per query head."""
+    _, model, data, corrupt = family
+    oracle = Oracle(model)
+    oracle.mlp_written = True
+    ports = "qkv" if oracle.n_kv == oracle.n_heads else "q"
+    components = ["heads", "mlp", "resid"] + [(h, p) for h in _some_heads(model) for p in ports]
+    for positions in ("all", [2, N_POS - 1]):
+        result = attribution_patch(model, data, components, direction=direction, corrupt=corrupt,
+                                   metric="logit_diff", positions=positions)
+        base, source = (corrupt, data.tokens) if direction == "denoise" else (data.tokens, corrupt)
+        sites = list(result.sites)
+        want = oracle.first_order(base, data, sites, oracle.capture(source, sites))
+        bad = [(str(s), float(a), float(b)) for s, a, b in zip(sites, result.patched, want) if not torch.isclose(a, b, **TOL)]
+        assert not bad, f"{len(bad)} of {len(want)} cells differ (site, attribution, oracle): {bad[:6]}"
