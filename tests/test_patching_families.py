@@ -233,6 +233,108 @@ class Oracle:
         return torch.tensor(out, dtype=torch.float64)
 
 
+    def _final_norm(self) -> nn.Module:
+        m, t = self.model, self.model.config.model_type
+        if t in ("gpt2", "gptj"):
+            return m.transformer.ln_f
+        if t == "gpt_neox":
+            return m.gpt_neox.final_layer_norm
+        return m.model.norm
+
+    def capture_all(self, tokens: Tensor) -> dict:
+        """Every layer's heads' values (the output projection's input), MLP output, and the
+        final norm's input, in an unpatched run of ``tokens``."""
+        n_layers = len(self.p["layers"])
+        store = self.capture(tokens, [Site(k, layer) for layer in range(n_layers) for k in ("head", "mlp")])
+        self._run(tokens, [(self._final_norm(), True, self._pre_reader(store, "final"))])
+        return store
+
+    def path(self, base: Tensor, source: dict, sender: Site, receivers: list) -> Tensor:
+        """The base run's logits with ``sender`` acting only through ``receivers`` (``(Head, port)``,
+        ``(MLP, "in")``, ``"logits"``), in three hooked forwards:
+
+        A. the base run with the sender patched and every other head's values (the output
+           projections' inputs) and every MLP's output frozen at the base run's: each receiver's
+           port input is then the base one plus the sender's direct change; record the receivers'
+           q/k/v projections, MLP outputs (frozen after reading) and the final norm's input;
+        B. the base run with every output frozen again, the receivers' named projections set to
+           A's: record each receiver head's values (its other ports read the base run);
+        C. the base run with the receivers' values / outputs set, and the sender's change to the
+           final stream added where ``"logits"`` receives it; everything else recomputed.
+        """
+        frozen = self.capture_all(base)
+        n_layers = len(self.p["layers"])
+        receivers = [("logits", "") if r == "logits" else r for r in receivers]
+        heads = [(c, port) for c, port in receivers if isinstance(c, Head)]
+        mlps = [c.layer for c, _ in receivers if c != "logits" and not isinstance(c, Head)]
+        rec: dict = {}
+
+        def freeze_out(layer: int, keep=None) -> Callable:
+            def hook(module, args, kwargs):
+                value = frozen[("head", layer)].clone()
+                if keep is not None:
+                    value[..., keep] = source[("head", layer)][..., keep]
+                return self._pre_writer(lambda x: value)(module, args, kwargs)
+            return hook
+
+        def mlp_hook(layer: int, record: bool, value=None) -> Callable:
+            def hook(module, args, out):
+                if record:
+                    rec[("mlp", layer)] = out.clone()
+                return frozen[("mlp", layer)] if value is None else value
+            return hook
+
+        def out_reader(layer: int) -> Callable:
+            def hook(module, args, kwargs):
+                rec[("z", layer)] = (args[0] if args else kwargs["hidden_states"]).clone()
+                return freeze_out(layer)(module, args, kwargs)
+            return hook
+
+        def port_reader(kind: str, layer: int) -> Callable:
+            return lambda m, a, out: rec.__setitem__((kind, layer), out.clone())
+
+        # A
+        run = []
+        for layer in range(n_layers):
+            keep = None
+            if sender.kind == "head" and sender.layer == layer:
+                keep = self._site_module(sender)[2](sender.head)
+            run.append((self._out_proj(layer), True, freeze_out(layer, keep)))
+            module = self._site_module(Site("mlp", layer))[0]
+            if sender.kind == "mlp" and sender.layer == layer:  # a receiver MLP does not receive itself
+                run.append((module, False, mlp_hook(layer, False, source[("mlp", layer)])))
+                if layer in mlps:
+                    rec[("mlp", layer)] = frozen[("mlp", layer)]
+            else:
+                run.append((module, False, mlp_hook(layer, layer in mlps)))
+        for c, port in heads:
+            run.append((self._port(port, c.layer)[0], False, port_reader(port, c.layer)))
+        run.append((self._final_norm(), True, self._pre_reader(rec, "final")))
+        self._run(base, run)
+        # B, once per receiver head (grouped-query heads share their k/v projection slices)
+        values = {}
+        for head in dict.fromkeys(c for c, _ in heads):
+            run = [(self._site_module(Site("mlp", layer))[0], False, mlp_hook(layer, False)) for layer in range(n_layers)]
+            run += [(self._out_proj(layer), True, out_reader(layer)) for layer in range(n_layers)]
+            for port in [p for c, p in heads if c == head]:
+                where = self._port(port, head.layer)[1]
+                feature = where(head.head // (self.n_heads // self.n_kv) if port != "q" else head.head)
+                run.append(self._patch_hook(Site(port, head.layer, head.head), rec[(port, head.layer)], feature))
+            self._run(base, run)
+            values[head] = rec[("z", head.layer)]
+        # C
+        run = []
+        for head, z in values.items():
+            z_slice = self._site_module(Site("head", head.layer, head.head))[2](head.head)
+            run.append(self._patch_hook(Site("head", head.layer, head.head), z, z_slice))
+        for layer in mlps:
+            run.append((self._site_module(Site("mlp", layer))[0], False, lambda m, a, out, v=rec[("mlp", layer)]: v))
+        if "logits" in [c for c, _ in receivers]:
+            delta = rec["final"] - frozen["final"]
+            run.append((self._final_norm(), True, self._pre_writer(lambda x: x + delta)))
+        return self._run(base, run)
+
+
 def logit_diff_last(logits: Tensor, data: Dataset) -> Tensor:
     """``logit[target] - logit[wrong]`` at the last position, per row (float64)."""
     last = logits[:, -1].double()  # [n, v]
@@ -333,3 +435,31 @@ def test_attribution_matches_gradients_through_the_hf_model(family, direction):
         want = oracle.first_order(base, data, sites, oracle.capture(source, sites))
         bad = [(str(s), float(a), float(b)) for s, a, b in zip(sites, result.patched, want) if not torch.isclose(a, b, **TOL)]
         assert not bad, f"{len(bad)} of {len(want)} cells differ (site, attribution, oracle): {bad[:6]}"
+
+
+def _receivers(model) -> list:
+    """Receiver sets for path patching: the logits; heads' q, k, v in the last layer (two heads
+    of one key/value group for k and v); an MLP; a head's port with two MLPs and the logits."""
+    from scrub import MLP
+
+    last = model.config.num_hidden_layers - 1
+    h = model.config.num_attention_heads - 1
+    return [["logits"], [(Head(last, h), "q")], [(Head(last, 0), "k"), (Head(last, 1), "v")],
+            [(MLP(last), "in")], [(Head(last, h), "v"), (MLP(last - 1), "in"), (MLP(last), "in"), "logits"]]
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_path_patching_matches_the_hook_oracle(family, direction):
+    from scrub.patching import path_patch
+
+    _, model, data, corrupt = family
+    oracle = Oracle(model)
+    base, source = (corrupt, data.tokens) if direction == "denoise" else (data.tokens, corrupt)
+    for receivers in _receivers(model):
+        result = path_patch(model, data, ["heads", "mlp"], receivers, direction=direction, corrupt=corrupt, metric="logit_diff")
+        sites = list(result.sites)
+        captured = oracle.capture(source, sites)
+        want = torch.tensor([float(logit_diff_last(oracle.path(base, captured, s, receivers), data).mean()) for s in sites],
+                            dtype=torch.float64)
+        bad = [(str(s), float(a), float(b)) for s, a, b in zip(sites, result.patched, want) if not torch.isclose(a, b, **TOL)]
+        assert not bad, f"{receivers}: {len(bad)} of {len(want)} senders differ (sender, path, oracle): {bad[:6]}"
