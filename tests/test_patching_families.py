@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from scrub import Head
+from scrub import MLP, Head
 from scrub.data import Dataset
-from scrub.patching import activation_patch, attribution_patch
-from scrub.patching.sites import Site
+from scrub.patching import activation_patch, attribution_patch, path_patch
+from scrub.patching.sites import KINDS, Site
 
 from families import FAMILIES, make_hf_model
 
@@ -76,6 +76,7 @@ class Oracle:
         self.n_kv = getattr(c, "num_key_value_heads", None) or self.n_heads
         self.d_head = getattr(c, "head_dim", None) or c.hidden_size // self.n_heads
         self.mlp_written = False
+        self._frozen: dict = {}  # capture_all per base run
 
     def _attn(self, layer: int) -> nn.Module:
         return getattr(self.p["layers"][layer], self.p["attn"])
@@ -262,7 +263,10 @@ class Oracle:
         C. the base run with the receivers' values / outputs set, and the sender's change to the
            final stream added where ``"logits"`` receives it; everything else recomputed.
         """
-        frozen = self.capture_all(base)
+        key = (base.data_ptr(), tuple(base.shape))
+        if key not in self._frozen:
+            self._frozen[key] = self.capture_all(base)
+        frozen = self._frozen[key]
         n_layers = len(self.p["layers"])
         receivers = [("logits", "") if r == "logits" else r for r in receivers]
         heads = [(c, port) for c, port in receivers if isinstance(c, Head)]
@@ -440,26 +444,85 @@ def test_attribution_matches_gradients_through_the_hf_model(family, direction):
 def _receivers(model) -> list:
     """Receiver sets for path patching: the logits; heads' q, k, v in the last layer (two heads
     of one key/value group for k and v); an MLP; a head's port with two MLPs and the logits."""
-    from scrub import MLP
-
     last = model.config.num_hidden_layers - 1
     h = model.config.num_attention_heads - 1
     return [["logits"], [(Head(last, h), "q")], [(Head(last, 0), "k"), (Head(last, 1), "v")],
             [(MLP(last), "in")], [(Head(last, h), "v"), (MLP(last - 1), "in"), (MLP(last), "in"), "logits"]]
 
 
-@pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_path_patching_matches_the_hook_oracle(family, direction):
-    from scrub.patching import path_patch
-
-    _, model, data, corrupt = family
+def check_path(model, data, corrupt, receivers, direction):
     oracle = Oracle(model)
     base, source = (corrupt, data.tokens) if direction == "denoise" else (data.tokens, corrupt)
+    result = path_patch(model, data, ["heads", "mlp"], receivers, direction=direction, corrupt=corrupt, metric="logit_diff")
+    sites = list(result.sites)
+    captured = oracle.capture(source, sites)
+    want = torch.tensor([float(logit_diff_last(oracle.path(base, captured, s, receivers), data).mean()) for s in sites],
+                        dtype=torch.float64)
+    bad = [(str(s), float(a), float(b)) for s, a, b in zip(sites, result.patched, want) if not torch.isclose(a, b, **TOL)]
+    assert not bad, f"{receivers}: {len(bad)} of {len(want)} senders differ (sender, path, oracle): {bad[:6]}"
+
+
+@pytest.mark.parametrize("direction, which", [("denoise", -1), ("noise", 2)], ids=["denoise-combined", "noise-kv"])
+def test_path_patching_matches_the_hook_oracle(family, direction, which):
+    """Heads' k and v (two heads of one key/value group) in one direction; a head's port, two
+    MLPs and the logits together in the other. Every receiver set both ways: the slow variant."""
+    _, model, data, corrupt = family
+    check_path(model, data, corrupt, _receivers(model)[which], direction)
+
+
+# ---- random sites and rows (hypothesis) ----------------------------------------------------------
+
+_MODELS: dict = {}
+
+
+def _cached(name: str):
+    if name not in _MODELS:
+        model = make_hf_model(name, seed=11)
+        _MODELS[name] = (model, *make_data(model.config.vocab_size, n=8, seed=6))
+    return _MODELS[name]
+
+
+@st.composite
+def patches(draw):
+    """A family, one site (kind, layer, head, position or every position), a direction and rows
+    (a non-empty list of the 8 rows, repeats allowed)."""
+    name = draw(st.sampled_from(FAMILIES))
+    c = _cached(name)[0].config
+    kind = draw(st.sampled_from(KINDS))
+    layer = draw(st.integers(0, c.num_hidden_layers - 1))
+    head = draw(st.integers(0, c.num_attention_heads - 1)) if kind in ("head", "q", "k", "v") else None
+    position = draw(st.none() | st.integers(0, N_POS - 1))
+    rows = draw(st.lists(st.integers(0, 7), min_size=1, max_size=5))
+    return name, Site(kind, layer, head, position), draw(st.sampled_from(["denoise", "noise"])), rows
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=patches())
+def test_random_sites_and_rows_match_the_hook_oracle(case):
+    name, site, direction, rows = case
+    model, data, corrupt = _cached(name)
+    index = torch.tensor(rows)
+    data, corrupt = data.rows(index), corrupt[index]
+    if site.kind in ("mlp", "resid"):
+        component = MLP(site.layer) if site.kind == "mlp" else "resid"
+    else:
+        component = Head(site.layer, site.head) if site.kind == "head" else (Head(site.layer, site.head), site.kind)
+    positions = "all" if site.position is None else [site.position]
+    result = activation_patch(model, data, component, direction=direction, corrupt=corrupt, metric="logit_diff",
+                              positions=positions)
+    got = result.patched[list(result.sites).index(site)]
+    want, _, _ = oracle_sweep(model, data, corrupt, [site], direction)
+    torch.testing.assert_close(got, want[0], **TOL)
+
+
+# ---- exhaustive (slow): every head, port, position and receiver set ------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_every_site_and_position_matches_the_hook_oracle(family, direction):
+    _, model, data, corrupt = family
+    check(model, data, corrupt, ["heads", "q", "k", "v", "mlp", "resid"], direction, positions="each")
+    check(model, data, corrupt, ["heads", "q", "k", "v", "mlp", "resid"], direction, positions="all")
     for receivers in _receivers(model):
-        result = path_patch(model, data, ["heads", "mlp"], receivers, direction=direction, corrupt=corrupt, metric="logit_diff")
-        sites = list(result.sites)
-        captured = oracle.capture(source, sites)
-        want = torch.tensor([float(logit_diff_last(oracle.path(base, captured, s, receivers), data).mean()) for s in sites],
-                            dtype=torch.float64)
-        bad = [(str(s), float(a), float(b)) for s, a, b in zip(sites, result.patched, want) if not torch.isclose(a, b, **TOL)]
-        assert not bad, f"{receivers}: {len(bad)} of {len(want)} senders differ (sender, path, oracle): {bad[:6]}"
+        check_path(model, data, corrupt, receivers, direction)
