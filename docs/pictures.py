@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's scrub, not another install's
 
 
 def _screenshot(html: Path, png: Path, width: int, height: int) -> None:
@@ -29,7 +30,6 @@ def _screenshot(html: Path, png: Path, width: int, height: int) -> None:
 def patching(out: Path) -> None:
     """Denoising every head of the zoo's induction model (every position at once), drawn by
     `PatchingResult.to_html`: one layer-by-head heatmap."""
-    import scrub
     from scrub.patching import activation_patch
 
     example = runpy.run_path(str(ROOT / "hypotheses" / "explore_induction.py"))
@@ -38,7 +38,6 @@ def patching(out: Path) -> None:
         page = Path(tmp) / "patching.html"
         page.write_text(result.to_html(title="Head outputs, denoised: induction-2l"))
         _screenshot(page, out, width=640, height=600)
-    del scrub
 
 
 def report(out: Path) -> None:
