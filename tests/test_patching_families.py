@@ -1,4 +1,4 @@
-"""Activation patching on every HuggingFace family against an oracle of plain PyTorch module hooks.
+"""Patching on every HuggingFace family against an oracle of plain PyTorch module hooks.
 
 `scrub.patching.activation_patch` runs on the model view (two stored passes, then every cell
 continued from its patched point). The oracle here never touches the view: per cell it runs the
@@ -17,7 +17,12 @@ source run's value into the base run, and reads the logit difference at the last
   per-position map, so patching before or after it is the same at any set of positions);
 * the residual stream a layer reads: the decoder layer's input.
 
-Module paths are written out below for each family, independently of `scrub.model.hf_modules`.
+Path patching's oracle takes three hooked forwards per sender (`Oracle.path`); attribution
+patching's takes autograd through the HuggingFace model at zero-valued taps added by hooks
+(`Oracle.first_order`). Module paths are written out below for each family, independently of
+`scrub.model.hf_modules`. Gemma-2 (post-norms) and the parallel blocks of GPT-NeoX and GPT-J are
+where a sweep that adds a head's change straight to the stream, or resumes a layer as a
+sequential one, goes wrong.
 """
 
 from __future__ import annotations
