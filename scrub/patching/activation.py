@@ -83,13 +83,26 @@ def _mlp_at(view: ModelView, base: CleanPass, rows: Tensor, layer: int, x: Tenso
 
 
 def _start(view: ModelView, site: Site, p_end: int) -> tuple[int, str, int]:
-    """Where a patch of ``site`` starts the recomputation: (layer, stage, first position)."""
+    """Where a patch of ``site`` starts the recomputation: (layer, stage, first position). A
+    parallel block's MLP does not read its heads, so a head patch there starts after the layer."""
     p0 = 0 if site.position is None or not view.config.causal else site.position
     if site.kind == "resid":
         return site.layer, "pre", p0
-    if site.kind == "mlp":
+    if site.kind == "mlp" or view.config.parallel_blocks:
         return site.layer, "post", p0
     return site.layer, "mid", p0
+
+
+def _heads_changed(view: ModelView, base: CleanPass, layer: int, rows: Tensor, sl: slice, delta: Tensor) -> Tensor:
+    """The stream at a head patch's start (after the heads of ``layer``; after the whole layer
+    for parallel blocks) when the sum of the layer's head outputs changes by ``delta [b, n, d]``.
+    With post-norms the attention writes ``N(sum_h o_h + b_O)``: the patched sum is re-normalised."""
+    start = after_layer(view, base, layer) if view.config.parallel_blocks else after_attention(view, base, layer)
+    stream = start[rows, sl]  # [b, n, d]
+    if not view.config.post_norms:
+        return stream + delta
+    total = base.head_out[layer][rows, sl].sum(2)  # [b, n, d]
+    return stream - base.attn_out[layer][rows, sl] + view.attn_write(layer, total + delta)  # [b, n, d]
 
 
 def _mask(p: Optional[int], lo: int, hi: int, device) -> Tensor:
@@ -112,7 +125,7 @@ def _patched_stream(view: ModelView, passes: Passes, site: Site, rows: Tensor, p
         return after_layer(view, base, layer)[rows, sl] + delta * mask
     if site.kind == "head":
         delta = src.head_out[layer][rows, sl, h] - base.head_out[layer][rows, sl, h]  # [b, n, d]
-        return after_attention(view, base, layer)[rows, sl] + delta * mask
+        return _heads_changed(view, base, layer, rows, sl, delta * mask)
     # q, k or v: the projected vector replaced, the head's output recomputed at p0..p_end
     ports = {}
     for port, b_store, s_store in (("q", base.head_q, src.head_q), ("k", base.head_k, src.head_k), ("v", base.head_v, src.head_v)):
@@ -123,8 +136,8 @@ def _patched_stream(view: ModelView, passes: Passes, site: Site, rows: Tensor, p
         ports[port] = value
     q_pos = torch.arange(p0, p_end + 1, device=view.device)
     out = view.head_output(layer, h, ports["q"][:, p0:], ports["k"], ports["v"], q_pos)  # [b, n, d]
-    delta = out - base.head_out[layer][rows, sl, h]
-    return after_attention(view, base, layer)[rows, sl] + delta
+    delta = out - base.head_out[layer][rows, sl, h]  # [b, n, d]
+    return _heads_changed(view, base, layer, rows, sl, delta)
 
 
 MIN_ROWS = 256  # a call with fewer rows than this takes in the cells of the next positions too

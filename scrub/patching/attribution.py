@@ -66,9 +66,13 @@ def gradients(inputs: Inputs, kinds: set[str]) -> dict[tuple[str, int], Tensor]:
             [view.head_output(layer, h, proj["q"][:, :, h], proj["k"][:, :, h], proj["v"][:, :, h]) for h in range(cfg.n_heads)], 2
         )  # [n, p, H, d]
         heads = tap("head", layer, heads)
-        resid = resid + heads.sum(2) + view.attn_bias(layer)
-        if not cfg.attn_only:
-            resid = resid + tap("mlp", layer, view.mlp(layer, resid))
+        written = view.attn_write(layer, heads.sum(2))  # [n, p, d] (post-norms: N(sum + b_O))
+        if cfg.attn_only:
+            resid = resid + written
+            continue
+        mlp_in = resid if cfg.parallel_blocks else resid + written  # [n, p, d]
+        mlp_out = tap("mlp", layer, view.mlp(layer, mlp_in))  # [n, p, d]
+        resid = (written + mlp_out) + mlp_in if cfg.parallel_blocks else mlp_in + mlp_out  # [n, p, d]
     logits = view.unembed(resid)  # [n, p, v]
     clean = None
     if inputs.metric.needs_clean:

@@ -71,7 +71,7 @@ def _all_heads(view: ModelView, base: CleanPass, rows: Tensor, layer: int, x: Te
         v = torch.cat([base.head_v[layer][rows, :p0].transpose(1, 2), v], dim=2)  # [b, H, p0+len, e]
     z = attention.mix(view.config, layer, q, k, v, q_pos)  # [b, H, q, e]
     out = z.transpose(1, 2).flatten(2) @ view.W_O[layer].flatten(0, 1)  # [b, q, d]
-    return out + view.attn_bias(layer)
+    return view.attn_write(layer, out)
 
 
 def head_block(
@@ -107,7 +107,7 @@ def head_block(
                 v = torch.cat([base.head_v[layer][rows, :p0, h], v], dim=1)  # [b, p0+len, e]
             out = view.head_output(layer, h, q, k, v, q_pos)  # [b, q, d]
         total = out if total is None else total + out
-    return total + view.attn_bias(layer)  # [b, q, d]
+    return view.attn_write(layer, total)  # [b, q, d]
 
 
 def resume(
@@ -131,7 +131,8 @@ def resume(
         rows: for each row of ``x``, its row in ``base``.
         layer, stage: where ``x`` sits: ``"pre"`` (the input of ``layer``), ``"mid"`` (after the
             heads of ``layer``, before its MLP) or ``"post"`` (after ``layer``; ``layer`` may be
-            ``n_layers - 1``, then ``x`` is the final stream).
+            ``n_layers - 1``, then ``x`` is the final stream). A parallel-block model's MLP reads
+            the layer's input, not the stream after its heads: start those at ``"pre"`` or ``"post"``.
         x: the residual stream at positions ``p0..p0+n-1``; it must reach ``max(read)``.
         p0: the first position held in ``x`` (0 for a non-causal model).
         read: absolute positions whose logits are returned.
@@ -150,18 +151,19 @@ def resume(
         x = x[:, index]
     for current in range(start, n_layers):
         last = current == n_layers - 1
+        x_in = x[:, index] if last else x  # [b, q, d] the layer's input (a parallel block's MLP reads it)
         if not (current == layer and stage == "mid"):
             q_index = index if last else None
             attn = head_block(view, base, rows, current, x, p0, q_index, heads_fixed.get(current))  # [b, q, d]
-            x = (x[:, index] if last else x) + attn  # [b, q, d]
-        elif last:
-            x = x[:, index]  # [b, r, d]
+            x = x_in + attn  # [b, q, d]
+        else:
+            x = x_in  # [b, r, d]
         if not view.config.attn_only:
             if current in mlp_fixed:
                 fixed = mlp_fixed[current]
                 x = x + (fixed[:, index] if last else fixed)  # [b, q, d]
             else:
-                x = x + view.mlp(current, x)  # [b, q, d]
+                x = x + view.mlp(current, x_in if view.config.parallel_blocks else x)  # [b, q, d]
     if final_delta is not None:
         x = x + final_delta
     return view.unembed(x)  # [b, r, v]

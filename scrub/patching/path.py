@@ -73,12 +73,28 @@ def resolve_receivers(view, receivers: Any) -> list[tuple[Any, str]]:
     return list(dict.fromkeys(out))
 
 
-def _upstream(sender: Site, receiver: Any) -> bool:
+def _upstream(sender: Site, receiver: Any, parallel: bool = False) -> bool:
+    """Whether ``sender``'s output reaches ``receiver``'s ports directly (a parallel block's MLP
+    reads the layer's input, not its heads)."""
     if receiver == "logits":
         return True
     if isinstance(receiver, Head):
         return sender.layer < receiver.layer
-    return sender.layer < receiver.layer or (sender.kind == "head" and sender.layer == receiver.layer)
+    same_layer_head = sender.kind == "head" and sender.layer == receiver.layer and not parallel
+    return sender.layer < receiver.layer or same_layer_head
+
+
+def _stream_delta(view, base, source, sender: Site) -> Tensor:
+    """What patching ``sender`` alone changes in the residual stream ``[n, p, d]``: its output's
+    change; for a head of a post-norm model, the change of the re-normalised attention write."""
+    if sender.kind == "mlp":
+        return source.mlp_out[sender.layer] - base.mlp_out[sender.layer]  # [n, p, d]
+    layer, h = sender.layer, sender.head
+    delta = source.head_out[layer][:, :, h] - base.head_out[layer][:, :, h]  # [n, p, d]
+    if not view.config.post_norms:
+        return delta
+    total = base.head_out[layer].sum(2)  # [n, p, d]
+    return view.attn_write(layer, total + delta) - base.attn_out[layer]  # [n, p, d]
 
 
 def _label(receivers: Sequence[tuple[Any, str]]) -> str:
@@ -91,17 +107,13 @@ def _run_chunk(inputs: Inputs, passes: Passes, senders: Sequence[Site], receiver
     base, src = passes.base, passes.source
     n, n_pos = len(data), data.n_pos
     rows = torch.arange(n, device=view.device).repeat(len(senders))  # [c*n]
-    deltas = []
-    for s in senders:
-        if s.kind == "head":
-            deltas.append(src.head_out[s.layer][:, :, s.head] - base.head_out[s.layer][:, :, s.head])  # [n, p, d]
-        else:
-            deltas.append(src.mlp_out[s.layer] - base.mlp_out[s.layer])
+    parallel = view.config.parallel_blocks
+    deltas = [_stream_delta(view, base, src, s) for s in senders]  # each [n, p, d]
     positions = torch.arange(n_pos, device=view.device)
 
     def delta_into(receiver) -> Tensor:
         """The senders' deltas that reach ``receiver`` (zero for senders not upstream of it)."""
-        parts = [d if _upstream(s, receiver) else torch.zeros_like(d) for s, d in zip(senders, deltas)]
+        parts = [d if _upstream(s, receiver, parallel) else torch.zeros_like(d) for s, d in zip(senders, deltas)]
         return torch.cat(parts)  # [c*n, p, d]
 
     heads_fixed: dict[int, dict[int, Tensor]] = defaultdict(dict)
@@ -130,9 +142,10 @@ def _run_chunk(inputs: Inputs, passes: Passes, senders: Sequence[Site], receiver
         start, stage, x = view.config.n_layers - 1, "post", base.resid_final[rows]
     else:
         start = min(layers)
-        head_at_start = any(isinstance(c, Head) and c.layer == start for c, _ in receivers)
-        stage = "pre" if head_at_start else "mid"
-        x = (base.resid_pre[start] if head_at_start else after_attention(view, base, start))[rows]
+        # a parallel block's MLP does not read its heads: such a layer is resumed from its input
+        from_pre = parallel or any(isinstance(c, Head) and c.layer == start for c, _ in receivers)
+        stage = "pre" if from_pre else "mid"
+        x = (base.resid_pre[start] if from_pre else after_attention(view, base, start))[rows]
     logits = resume(view, base, rows, start, stage, x, 0, read, heads_fixed, mlp_fixed, final_delta)
     full = base.logits[rows]  # [c*n, p, v]
     full[:, read] = logits
@@ -173,11 +186,13 @@ def path_patch(
     if bad:
         raise ComponentError(f"senders must be head or MLP outputs, got {[str(s) for s in bad[:3]]}; pass Head(l, h), MLP(l), 'heads' or 'mlp'")
     resolved = resolve_receivers(view, receivers)
-    sites = [s for s in sites if any(_upstream(s, c) for c, _ in resolved)]
+    parallel = view.config.parallel_blocks
+    sites = [s for s in sites if any(_upstream(s, c, parallel) for c, _ in resolved)]
     if not sites:
+        same_layer = "" if parallel else " (or the same layer for a head into an MLP)"
         raise ComponentError(
             f"no sender is upstream of the receivers {_label(resolved)}; a sender must sit in an earlier "
-            f"layer than a head it sends to (or the same layer for a head into an MLP)"
+            f"layer than a head it sends to{same_layer}"
         )
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ScrubError(f"batch_rows={batch_rows!r}: pass a positive int (rows per batched call)")
