@@ -62,7 +62,17 @@ class TransformerLensBackend:
 
     name = "transformer_lens"
 
+    post_norms = False
+
     def __init__(self, model) -> None:
+        if getattr(model.cfg, "use_normalization_before_and_after", False):
+            raise UnsupportedModelError(
+                f"rule: the reference engine's TransformerLens hooks need heads that write to the residual "
+                f"stream one by one; offender: this {type(model).__name__} normalises each block's attention "
+                f"output after summing its heads (use_normalization_before_and_after, Gemma-2 post-norms); "
+                f"fix: pass the HuggingFace model, which the engine hooks directly (for a TransformerBridge: "
+                f"scrub.model.bridge.hf_model_of_bridge)"
+            )
         self.model = model
         self.device = next(model.parameters()).device
         self.n_layers = int(model.cfg.n_layers)
@@ -79,6 +89,12 @@ class TransformerLensBackend:
 
     def logits(self, tokens: Tensor) -> Tensor:
         return self.model(tokens)
+
+    def attention_sums(self, tokens: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
+        raise ScheduleError("internal: a TransformerLens model without post-norms has no attention sums to read")
+
+    def attn_write(self, layer: int, heads_sum: Tensor) -> Tensor:
+        raise ScheduleError("internal: a TransformerLens model without post-norms has no post-attention norm")
 
     def run(self, tokens: Tensor, reads: Sequence[Component], patches: Sequence[Patch] = ()) -> dict[Component, Tensor]:
         store: dict[str, Tensor] = {}  # by the name asked for (a bridge's hook.name may be an alias's target)
