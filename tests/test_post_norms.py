@@ -14,8 +14,8 @@ input), with neither engine's code, and compared with both engines:
 (c) bfloat16: both engines run in bfloat16 and `scrub.evaluate` scores in float32; the
     identities hold (every writer EXACT: 100%; the output alone: 0%).
 
-Plus the refusals that remain: TransformerLens post-norm models in the reference engine, and the
-report's compensation check (both before any forward pass).
+Plus the report's compensation check (knock-outs and direct effects re-normalise too), and the
+refusal that remains: TransformerLens post-norm models in the reference engine.
 """
 
 from __future__ import annotations
@@ -223,22 +223,60 @@ def test_identities_on_gemma2_through_evaluate():
 # ---- what is still refused ---------------------------------------------------------------------
 
 
-def test_the_compensation_check_is_refused_before_any_forward_pass_and_the_rest_runs():
+@torch.no_grad()
+def test_compensation_knock_outs_and_direct_effects_renormalise():
+    """`scrub.reporting.ablation` on Gemma-2, by hand from HF hooks: a knocked-out head reads its
+    random row's ``o_proj`` input slice in a full forward (every path), and a head's direct effect
+    swaps its output inside layer 1's norm at the final residual only: ``N(S - o_b + o_b') - N(S)``."""
+    from scrub.model import ModelView
+    from scrub.reporting.ablation import ablated_logits
+
+    model = model_of()
+    view = ModelView.from_model(model)
+    x, r = REFERENCE, torch.arange(5, 10)
+    a, b = Head(LAYER, 0), Head(LAYER, 3)
+    random = view.clean_pass(DATA.tokens[r])
+    m = hf_modules(model)
+    cols = slice(a.head * m.d_head, (a.head + 1) * m.d_head)
+    z_random = hooked_pass(model, r)["z"]
+
+    def knocked(mod, args):
+        z = args[0].clone()
+        z[..., cols] = z_random[..., cols]
+        return (z, *args[1:])
+
+    handle = m.layers[LAYER].out_proj.register_forward_pre_hook(knocked)
+    try:
+        want_ko = model(input_ids=DATA.tokens[x]).logits
+        on_ko = hooked_pass(model, x)  # the same knocked-out pass, read (the hook above still applies)
+    finally:
+        handle.remove()
+    _close(ablated_logits(view, DATA.tokens[x], random, knock_out=a), want_ko)
+    on_x, on_r = hooked_pass(model, x), hooked_pass(model, r)
+    norm = m.layers[LAYER].attn_out_norm
+    for knock_out, base in ((None, on_x), (a, on_ko)):  # direct effect of b, without and with a knocked out
+        heads = base["heads"].clone()  # [n, pos, H, d]
+        heads[:, :, b.head] = on_r["heads"][:, :, b.head]
+        right = base["final"] - base["write"] + norm(heads.sum(2) + base["bias"])
+        wrong = base["final"] + on_r["heads"][:, :, b.head] - base["heads"][:, :, b.head]  # un-normalised
+        handle = m.layers[LAYER].out_proj.register_forward_pre_hook(knocked) if knock_out else None
+        try:
+            want, wrong_logits = (logits_with_final_residual(model, x, resid) for resid in (right, wrong))
+        finally:
+            if handle is not None:
+                handle.remove()
+        _close(ablated_logits(view, DATA.tokens[x], random, knock_out=knock_out, direct=b), want)
+        assert float((wrong_logits - want).abs().max()) > 0.05 * float(want.abs().max())
+
+
+def test_a_report_with_its_compensation_check_runs_on_gemma2():
     model = model_of()
     h = Hypothesis("two heads")
     out = h.output()
     h.claim(Head(0, 0), EXACT, into=out)
     h.claim(Head(LAYER, 1), EXACT, into=out)
-    calls: list = []
-    handle = model.register_forward_pre_hook(lambda mod, args: calls.append(1))
-    try:
-        with pytest.raises(UnsupportedModelError, match=r"rule: the compensation check.*offender: .*fix: pass compensation=False"):
-            scrub.report(h, model, DATA, seeds=1, metric="kl", n=4, n_boot=20)
-        assert calls == []
-    finally:
-        handle.remove()
-    rep = scrub.report(h, model, DATA, seeds=1, metric="kl", n=4, n_boot=20, compensation=False)
-    assert rep.joint and not rep.compensation
+    rep = scrub.report(h, model, DATA, seeds=1, metric="kl", n=4, n_boot=20)
+    assert rep.joint and rep.compensation
 
 
 def test_a_post_norm_hooked_transformer_is_refused_by_the_reference_engine():

@@ -4,8 +4,8 @@
 HuggingFace causal LM without copying weights (other code uses it for shapes);
 `weights_from_model` copies the weights. `require_decomposable` refuses a model whose attention
 output is normalised after the heads are summed (Gemma-2's post-norms: no per-head residual
-writes) for a computation that needs per-head writes; the scrubbing engines do not need them
-(docs/post-norms.md), the report's compensation check still does.
+writes) for a computation that needs per-head writes; neither the scrubbing engines nor the
+report need them any more (they re-normalise per tree node or knock-out, docs/post-norms.md).
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def require_decomposable(config: ViewConfig, purpose: str = "this computation", 
     For computations (named ``purpose``) that add or remove one head's output in the residual
     stream while the others keep theirs, which needs the attention's residual write to be the
     sum of per-head writes (plus a bias). With post-norms (Gemma-2) the norm is applied to that
-    sum, so there is no per-head write. Scrubbing itself does not need this: both engines
-    re-normalise a layer's attention output per tree node (docs/post-norms.md). ``fix`` is the
-    message's fix (default: use a model without post-norms).
+    sum, so there is no per-head write. Scrubbing does not need this: both engines re-normalise a
+    layer's attention output per tree node (docs/post-norms.md), as does the report's compensation
+    check. ``fix`` is the message's fix (default: use a model without post-norms).
     """
     if config.post_norms:
         raise UnsupportedModelError(

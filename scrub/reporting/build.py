@@ -20,7 +20,7 @@ from scrub.data import Dataset, Feature
 from scrub.errors import ReportError
 from scrub.hypothesis import Hypothesis, ModelShape
 from scrub.metrics import Estimate, Metric, lr_combination, mean_difference
-from scrub.model import ModelView, config_from_model, model_name, require_decomposable
+from scrub.model import ModelView, model_name
 from scrub.options import ReportOptions, RunOptions, check_dataset, check_hypothesis, check_model, merge
 from scrub.reporting import variants as V
 from scrub.reporting.ablation import ablated_logits
@@ -271,10 +271,6 @@ def _report(h: Hypothesis, model, data: Dataset, opts: ReportOptions) -> Report:
     compensation_metric = opts.compensation_metric or metric
     if opts.compensation and pair_list:
         check_data_fits(model, data, compensation_metric)
-        require_decomposable(  # the knock-outs (scrub.reporting.ablation) add heads one by one
-            config_from_model(model), "the compensation check (report(compensation=True))",
-            "pass compensation=False (every other part of the report runs on post-norm models)",
-        )
     results = scrub_many(hyps, model, data, run)
     full = results[0]
     by_hyp = {id(hyp): r for hyp, r in zip(hyps, results)}
@@ -354,7 +350,7 @@ def _compensation(model, data: Dataset, pairs, full: Result, run: RunOptions, mi
     if not pairs:
         return []
     seeds, metric, ci_level, n_boot = run.seeds, run.metric, run.ci_level, run.n_boot
-    view = ModelView.from_model(model)  # a post-norm model was refused before any forward pass
+    view = ModelView.from_model(model)  # post-norm models too: scrub.reporting.ablation re-normalises
     if run.device is not None:
         view = view.to(run.device)
     reference = full.rows.reference
