@@ -29,7 +29,6 @@ import scrub
 from scrub import EXACT, Feature, Head, Hypothesis, plan
 from scrub.engine import BatchedEngine, ReferenceEngine
 from scrub.errors import UnsupportedModelError
-from scrub.model.hf_modules import hf_modules
 
 from conftest import random_dataset
 from families import hf_writers, make_hf_model
@@ -53,34 +52,43 @@ def engines(dtype: torch.dtype = torch.float32) -> tuple[BatchedEngine, Referenc
     return BatchedEngine(model, DATA), ReferenceEngine(model, DATA)
 
 
+def o_proj(model):
+    """Layer ``LAYER``'s output projection, by the HF module path (not scrub's `hf_modules`)."""
+    return model.model.layers[LAYER].self_attn.o_proj
+
+
+def post_attention_norm(model):
+    """Layer ``LAYER``'s post-attention norm ``N``, by the HF module path."""
+    return model.model.layers[LAYER].post_attention_layernorm
+
+
 @torch.no_grad()
 def hooked_pass(model, rows: torch.Tensor, final_in: torch.Tensor | None = None) -> dict:
     """One HF forward on ``rows``: every head's output at layer ``LAYER`` (``[n, pos, H, d]``, from
     ``o_proj``'s input and weight), ``o_proj``'s bias, the post-attention norm's input and output,
     the final norm's input, and the logits (with ``final_in`` replacing the final norm's input)."""
-    m = hf_modules(model)
-    layer = m.layers[LAYER]
     seen: dict = {}
     handles = [
-        layer.out_proj.register_forward_pre_hook(lambda mod, a: seen.__setitem__("z", a[0])),
-        layer.attn_out_norm.register_forward_pre_hook(lambda mod, a: seen.__setitem__("sum", a[0])),
-        layer.attn_out_norm.register_forward_hook(lambda mod, a, v: seen.__setitem__("write", v)),
+        o_proj(model).register_forward_pre_hook(lambda mod, a: seen.__setitem__("z", a[0])),
+        post_attention_norm(model).register_forward_pre_hook(lambda mod, a: seen.__setitem__("sum", a[0])),
+        post_attention_norm(model).register_forward_hook(lambda mod, a, v: seen.__setitem__("write", v)),
     ]
 
     def final(mod, a):
         seen["final"] = a[0]
         return None if final_in is None else (final_in, *a[1:])
 
-    handles.append(m.final_norm.register_forward_pre_hook(final))
+    handles.append(model.model.norm.register_forward_pre_hook(final))
     try:
         seen["logits"] = model(input_ids=DATA.tokens[rows]).logits
     finally:
         for h in handles:
             h.remove()
-    z = seen["z"].unflatten(-1, (m.n_heads, m.d_head))  # [n, pos, H, e]
-    w = layer.out_proj.weight.T.unflatten(0, (m.n_heads, m.d_head))  # [H, e, d]
+    shape = (model.config.num_attention_heads, model.config.head_dim)
+    z = seen["z"].unflatten(-1, shape)  # [n, pos, H, e]
+    w = o_proj(model).weight.T.unflatten(0, shape)  # [H, e, d]
     seen["heads"] = torch.einsum("nphe,hed->nphd", z, w)  # [n, pos, H, d]
-    seen["bias"] = layer.out_proj.bias
+    seen["bias"] = o_proj(model).bias
     return seen
 
 
@@ -112,7 +120,7 @@ def test_one_claimed_head_is_renormalised_with_the_others_from_other():
     x, other = s.reference, s.root.other
     assert not torch.equal(x, other)
     on_x, on_other = hooked_pass(model, x), hooked_pass(model, other)
-    norm = hf_modules(model).layers[LAYER].attn_out_norm
+    norm = post_attention_norm(model)
     heads = on_other["heads"].clone()  # [n, pos, H, d]
     heads[:, :, 2] = on_x["heads"][:, :, 2]
     torch.testing.assert_close(on_other["heads"].sum(2) + on_other["bias"], on_other["sum"], atol=1e-5, rtol=0)
@@ -137,7 +145,7 @@ def test_two_heads_of_one_layer_one_restricted_to_positions():
     other = s.root.other
     assert not torch.equal(a.datum, other) and not torch.equal(a.datum, s.reference)
     on_a, on_x, on_other = hooked_pass(model, a.datum), hooked_pass(model, s.reference), hooked_pass(model, other)
-    norm = hf_modules(model).layers[LAYER].attn_out_norm
+    norm = post_attention_norm(model)
     heads = on_other["heads"].clone()  # [n, pos, H, d]
     heads[:, :, 0] = on_a["heads"][:, :, 0]
     heads[:, [2, 5], 3] = on_x["heads"][:, [2, 5], 3]
@@ -162,7 +170,7 @@ def test_the_wrong_formulas_give_other_numbers_on_this_model():
     child = s.root.children[0]
     other = s.root.other
     on_child, on_other = hooked_pass(model, child.datum), hooked_pass(model, other)
-    norm = hf_modules(model).layers[LAYER].attn_out_norm
+    norm = post_attention_norm(model)
     new, old = on_child["heads"][:, :, 1], on_other["heads"][:, :, 1]  # [n, pos, d]
     delta_after_norm = on_other["final"] + (new - old)  # N(clean sum) + (o'_h - o_h)
     per_head_norm = on_other["final"] + norm(new) - norm(old)  # per-head N(o_h)
@@ -236,8 +244,8 @@ def test_compensation_knock_outs_and_direct_effects_renormalise():
     x, r = REFERENCE, torch.arange(5, 10)
     a, b = Head(LAYER, 0), Head(LAYER, 3)
     random = view.clean_pass(DATA.tokens[r])
-    m = hf_modules(model)
-    cols = slice(a.head * m.d_head, (a.head + 1) * m.d_head)
+    d_head = model.config.head_dim
+    cols = slice(a.head * d_head, (a.head + 1) * d_head)
     z_random = hooked_pass(model, r)["z"]
 
     def knocked(mod, args):
@@ -245,7 +253,7 @@ def test_compensation_knock_outs_and_direct_effects_renormalise():
         z[..., cols] = z_random[..., cols]
         return (z, *args[1:])
 
-    handle = m.layers[LAYER].out_proj.register_forward_pre_hook(knocked)
+    handle = o_proj(model).register_forward_pre_hook(knocked)
     try:
         want_ko = model(input_ids=DATA.tokens[x]).logits
         on_ko = hooked_pass(model, x)  # the same knocked-out pass, read (the hook above still applies)
@@ -253,13 +261,13 @@ def test_compensation_knock_outs_and_direct_effects_renormalise():
         handle.remove()
     _close(ablated_logits(view, DATA.tokens[x], random, knock_out=a), want_ko)
     on_x, on_r = hooked_pass(model, x), hooked_pass(model, r)
-    norm = m.layers[LAYER].attn_out_norm
+    norm = post_attention_norm(model)
     for knock_out, base in ((None, on_x), (a, on_ko)):  # direct effect of b, without and with a knocked out
         heads = base["heads"].clone()  # [n, pos, H, d]
         heads[:, :, b.head] = on_r["heads"][:, :, b.head]
         right = base["final"] - base["write"] + norm(heads.sum(2) + base["bias"])
         wrong = base["final"] + on_r["heads"][:, :, b.head] - base["heads"][:, :, b.head]  # un-normalised
-        handle = m.layers[LAYER].out_proj.register_forward_pre_hook(knocked) if knock_out else None
+        handle = o_proj(model).register_forward_pre_hook(knocked) if knock_out else None
         try:
             want, wrong_logits = (logits_with_final_residual(model, x, resid) for resid in (right, wrong))
         finally:
