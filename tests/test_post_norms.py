@@ -287,10 +287,10 @@ def test_a_report_with_its_compensation_check_runs_on_gemma2():
     assert rep.joint and rep.compensation
 
 
+@pytest.mark.requires_hooked
 def test_a_post_norm_hooked_transformer_is_refused_by_the_reference_engine():
-    transformer_lens = pytest.importorskip("transformer_lens")
-    if not hasattr(transformer_lens, "HookedTransformerConfig"):
-        pytest.skip("TransformerLens without HookedTransformer")
+    import transformer_lens
+
     cfg = transformer_lens.HookedTransformerConfig(
         n_layers=1, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_vocab=50, act_fn="gelu", d_mlp=32,
         normalization_type="RMS", use_normalization_before_and_after=True,
