@@ -13,8 +13,8 @@ windows shorter than the test sequences, soft caps small enough to bite, heads w
 
 ``FAMILIES`` lists the names ``make_hf_model`` accepts (``"gpt_neox_sequential"`` is GPT-NeoX
 with ``use_parallel_residual=False``; ``"gemma_wide_heads"`` is Gemma with ``n_heads * head_dim
-!= d_model``, as in Gemma-7B); ``SCRUBBABLE`` those whose heads decompose (all but Gemma-2, whose
-post-norms the engines refuse). ``random_tokens(model, n_rows, n_pos, seed)`` draws tokens;
+!= d_model``, as in Gemma-7B); ``SCRUBBABLE`` those the scrubbing engines run (all of them: Gemma-2's
+post-norms are re-normalised per tree node, docs/post-norms.md). ``random_tokens(model, n_rows, n_pos, seed)`` draws tokens;
 ``hf_writers(model)`` lists the components that write into the residual stream.
 """
 
@@ -130,8 +130,8 @@ _BUILDERS: dict[str, Callable[..., Any]] = {
 
 #: Every name `make_hf_model` accepts.
 FAMILIES: tuple[str, ...] = tuple(_BUILDERS)
-#: The families the scrubbing engines accept (Gemma-2's post-norms do not decompose into heads).
-SCRUBBABLE: tuple[str, ...] = tuple(f for f in FAMILIES if f != "gemma2")
+#: The families the scrubbing engines accept (every one; Gemma-2 with its post-norms re-normalised).
+SCRUBBABLE: tuple[str, ...] = FAMILIES
 
 
 def randomize_hf(model: Any, seed: int) -> Any:

@@ -13,12 +13,12 @@ import torch
 
 import scrub
 from scrub import EXACT, Hypothesis
-from scrub.errors import DatasetError, UnsupportedModelError
+from scrub.errors import DatasetError
 
 from conftest import random_dataset
 from families import hf_writers, make_hf_model
 
-FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "gemma"]  # learned/rotary, parallel, GQA, scaled embedding
+FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "gemma", "gemma2"]  # learned/rotary, parallel, GQA, scaled embedding, post-norms
 
 
 def every_writer_exact(model) -> Hypothesis:
@@ -77,8 +77,9 @@ def test_a_report_runs_on_an_hf_model(data):
     assert "three heads" in str(rep)
 
 
-def test_bfloat16_models_score_in_float32(data):
-    model = make_hf_model("llama", seed=6, dtype=torch.bfloat16)
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_bfloat16_models_score_in_float32(family, data):
+    model = make_hf_model(family, seed=6, dtype=torch.bfloat16)
     r = scrub.evaluate(every_writer_exact(model), model, data, seeds=1, metric="kl")
     assert r.rows.scrub.dtype in (torch.float32, torch.float64)  # scored in float32, never in bfloat16
     assert r.loss_recovered == pytest.approx(1.0, abs=2e-2)
@@ -92,10 +93,18 @@ def test_a_dataset_longer_than_the_context_is_refused_before_any_forward_pass(da
         scrub.evaluate(output_alone(), model, long)
 
 
-def test_gemma2_is_refused_at_the_door(data):
+def test_gemma2_is_scrubbed_through_evaluate_by_both_engines_alike(data):
+    """Post-norms are re-normalised per tree node (docs/post-norms.md), by both engines alike."""
     model = make_hf_model("gemma2", seed=0)
-    with pytest.raises(UnsupportedModelError, match="post"):
-        scrub.evaluate(every_writer_exact(model), model, data)
+    h = Hypothesis("one head, token-resampled inputs")
+    head = h.claim(scrub.Head(1, 0), EXACT, into=h.output())
+    h.claim(scrub.Embed(), scrub.Feature.token(), into=(head, "q"))
+    h.claim(scrub.Head(0, 1), scrub.Feature.prev_token(), into=(head, "k"))
+    fast = scrub.evaluate(h, model, data, seeds=1, n=4, engine="batched", metric="kl")
+    slow = scrub.evaluate(h, model, data, seeds=1, n=4, engine="reference", metric="kl")
+    assert fast.m_scrub > 0.05  # the scrub moved the logits
+    assert fast.loss_recovered == pytest.approx(slow.loss_recovered, abs=1e-4)
+    assert torch.allclose(fast.rows.scrub, slow.rows.scrub, atol=1e-4)
 
 
 def test_load_model_then_evaluate_offline(tmp_path, data):

@@ -15,8 +15,10 @@ every parameter random, few rows):
   output alone gives the model on the root's other rows, the baseline (0%);
 * models in bfloat16: the engine runs in the model's dtype, and is as close to the float32
   result as the reference engine in bfloat16 is;
-* refusals before any forward pass: Gemma-2's post-norms, ``PosEmbed()`` in rotary models,
-  a head feeding its own layer's MLP in parallel blocks, components the model lacks.
+* Gemma-2 (post-norms) is one of the families: both engines re-normalise a layer's attention
+  output per tree node (tests/test_post_norms.py checks the formula by hand);
+* refusals before any forward pass: ``PosEmbed()`` in rotary models, a head feeding its own
+  layer's MLP in parallel blocks, components the model lacks.
 
 Evaluate-level tests (``scrub.evaluate`` on HF models) are left to the api wiring.
 """
@@ -32,7 +34,7 @@ from hypothesis import strategies as st
 
 from scrub import EXACT, MLP, Embed, Feature, Head, Hypothesis, PosEmbed, plan
 from scrub.engine import BatchedEngine, ReferenceEngine
-from scrub.errors import ComponentError, HypothesisError, ScheduleError, UnsupportedModelError
+from scrub.errors import ComponentError, HypothesisError, ScheduleError
 from scrub.hypothesis import ModelShape
 from scrub.model.hf_modules import hf_modules
 
@@ -42,7 +44,7 @@ from test_properties import CACHE, DATA, ROW, SETTINGS, complete_hypotheses, ran
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REFERENCE = torch.arange(6)  # reference rows: few, so the reference engine stays fast
-GQA = [f for f in SCRUBBABLE if f in ("llama", "mistral", "qwen2", "gemma", "gemma_wide_heads")]
+GQA = [f for f in SCRUBBABLE if f in ("llama", "mistral", "qwen2", "gemma", "gemma_wide_heads", "gemma2")]
 PARALLEL = ["gpt_neox", "gptj"]
 
 
@@ -218,7 +220,7 @@ def _mixed_hypothesis(model) -> Hypothesis:
     return h
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma", "gpt2", "gptj"])
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma", "gpt2", "gptj", "gemma2"])
 @torch.no_grad()
 def test_bfloat16_models_run_in_bfloat16_as_close_as_the_reference(family):
     model = model_of(family, torch.bfloat16)
@@ -242,14 +244,6 @@ def _count_forwards(model) -> list:
     calls: list = []
     model.register_forward_pre_hook(lambda mod, args: calls.append(1))
     return calls
-
-
-def test_gemma2_post_norms_are_refused_by_the_batched_engine():
-    model = make_hf_model("gemma2", seed=0)
-    calls = _count_forwards(model)
-    with pytest.raises(UnsupportedModelError, match="post-norm"):
-        BatchedEngine(model, DATA)
-    assert calls == []
 
 
 @pytest.mark.parametrize("family", [f for f in SCRUBBABLE if f != "gpt2"])
@@ -277,7 +271,7 @@ def test_components_the_model_lacks_are_refused_before_any_forward_pass():
             BatchedEngine(model, DATA).run(plan(h, DATA, 0))
 
 
-@pytest.mark.parametrize("family", SCRUBBABLE + ("gemma2",))
+@pytest.mark.parametrize("family", SCRUBBABLE)
 def test_model_shape_of_an_hf_model_reads_its_config_without_weights(family):
     """On the meta device no weight has a value, and the shape still reads: only the config is used."""
     with torch.device("meta"):
@@ -289,9 +283,7 @@ def test_model_shape_of_an_hf_model_reads_its_config_without_weights(family):
         c.num_hidden_layers, c.num_attention_heads, c.max_position_embeddings
     )
     assert not shape.attn_only
-    assert shape.parallel_blocks == (family in PARALLEL)
-    if family != "gemma2":  # (the hook backend refuses Gemma-2 outright)
-        assert shape.parallel_blocks == hf_modules(model).parallel
+    assert shape.parallel_blocks == (family in PARALLEL) == hf_modules(model).parallel
     assert shape.has_pos_embed == (family == "gpt2")
     assert shape.positional == ("standard" if family == "gpt2" else "rotary")
 

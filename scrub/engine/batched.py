@@ -19,7 +19,12 @@ Naive scrubbing runs a full forward pass per tree node. This engine instead
 4. assembles the final residual at each root, applies the final norm and unembedding.
 
 Port inputs follow the residual decomposition of DESIGN.md section 1, exactly as the reference
-engine does with hooks: ``resid_p(other) - sum_k out_k(other) + sum_k scrubbed_k``. Reference
+engine does with hooks: ``resid_p(other) - sum_k out_k(other) + sum_k scrubbed_k``. In a
+post-norm model (Gemma-2, docs/post-norms.md) a layer's attention writes ``N(sum_h o_h + b_O)``,
+so the claimed heads of one layer ``l`` feeding a port enter through that layer's write,
+recomputed for the node: ``N(S_l(other) + sum_k diff_k) - N(S_l(other))`` with ``S_l`` the cached
+pre-norm sum (``("attn_sum", l)``), ``diff_k = scrubbed_k - out_k(other)`` and ``N`` applied by
+`ModelView.attn_write`, per row and position, at the positions those heads are claimed at. Reference
 rows are processed in chunks sized from ``memory_budget_mb``; results do not depend on the chunk.
 """
 
@@ -35,11 +40,11 @@ from torch import Tensor
 from scrub.components import MLP, Component, Head, Output
 from scrub.data import Dataset
 from scrub.engine.backends.base import check_component
-from scrub.engine.cache import CleanCache, Key, cache_bytes, distinct_rows, output_key, port_key
+from scrub.engine.cache import CleanCache, Key, attn_sum_key, cache_bytes, distinct_rows, output_key, port_key
 from scrub.engine.positions import Positions, asked_positions, node_positions, port_positions
 from scrub.engine.shared import representatives
 from scrub.errors import ScheduleError
-from scrub.model import ModelView, config_from_model, require_decomposable
+from scrub.model import ModelView
 from scrub.plan import Schedule, ScheduleNode
 
 __all__ = ["BatchedEngine"]
@@ -57,8 +62,8 @@ class BatchedEngine:
     Args:
         model: a TransformerLens ``HookedTransformer`` or a HuggingFace causal LM of a supported
             family (read with `ModelView.from_model`, in the model's own dtype), or a ModelView.
-            A model whose heads do not write to the residual stream one by one (Gemma-2's
-            post-norms) is refused with `UnsupportedModelError` here, before any forward pass.
+            Post-norm models (Gemma-2) are scrubbed as docs/post-norms.md states: a port fed by
+            some heads of a layer re-normalises that layer's attention output.
         data: the dataset every schedule indexes into.
         memory_budget_mb: a rough bound on the engine's working memory: 60% holds the clean cache
             and 30% the node values of one chunk of reference rows, 10% one sub-batch of the
@@ -71,12 +76,7 @@ class BatchedEngine:
     group_by_query_count = False  # benchmark switch: one attention call per distinct query count
 
     def __init__(self, model, data: Dataset, *, memory_budget_mb: float = 4096, device=None) -> None:
-        if isinstance(model, ModelView):
-            view = model
-        else:
-            require_decomposable(config_from_model(model))  # refused before any weight is copied
-            view = ModelView.from_model(model)
-        require_decomposable(view.config)
+        view = model if isinstance(model, ModelView) else ModelView.from_model(model)
         if device is not None:
             view = view.to(device)
         self.view = view
@@ -218,6 +218,8 @@ class BatchedEngine:
                 for child in node.children:
                     if id(child) in needed:
                         needs[output_key(child.component)].update(needed[id(child)])
+                        if self._renormalises(child):  # the layer's pre-norm sum, where the head is claimed
+                            needs[attn_sum_key(child.component.layer)].update(needed[id(child)])
                 rows.append(node.other)
         return dict(needs), torch.cat(rows)
 
@@ -377,16 +379,47 @@ class BatchedEngine:
         at the positions ``read`` the port is read (``[n, q, d]``)."""
         other = node.other.to(self.view.device)
         x = cache.get(port_key(node.component), other, read)  # [n, q, d]
+        heads: dict[int, list[tuple[Tensor, Positions]]] = defaultdict(list)  # post-norms: layer -> differences
         for child in node.children:
             at_child = needed.get(id(child))
             if child.edge.port != port or at_child is None:
                 continue  # another port, or needed at no position this port reads
             diff = values[id(child)] - cache.get(output_key(child.component), other, at_child)  # [n, q_child, d]
-            if at_child == read:
-                x = x + diff
-            else:  # the child covers part of what the port reads (a position-restricted edge)
-                x = x.index_add(1, cache.positions_tensor(tuple(read.index(t) for t in at_child)), diff)
+            if self._renormalises(child):
+                heads[child.component.layer].append((diff, at_child))
+            else:
+                x = _add_at(x, read, diff, at_child, cache)
+        for layer, diffs in heads.items():
+            delta, at = self._attention_delta(layer, diffs, other, cache)  # [n, q_at, d]
+            x = _add_at(x, read, delta, at, cache)
         return x
+
+    def _renormalises(self, child: ScheduleNode) -> bool:
+        """Whether ``child`` enters its parent's port through its layer's post-attention norm."""
+        return self.view.config.post_norms and isinstance(child.component, Head)
+
+    def _attention_delta(
+        self, layer: int, diffs: list[tuple[Tensor, Positions]], other: Tensor, cache: CleanCache
+    ) -> tuple[Tensor, Positions]:
+        """Post-norms: how the attention write of ``layer`` changes when the claimed heads' outputs
+        replace theirs on ``other`` (``diffs``: ``(scrubbed - clean, positions)`` per head), at the
+        positions some head is claimed at: ``N(S + sum_k diff_k) - N(S)``, never ``sum_k diff_k``
+        after the norm. Returns the change ``[n, q_at, d]`` and its positions."""
+        at = tuple(sorted({t for _, positions in diffs for t in positions}))
+        before = cache.get(attn_sum_key(layer), other, at)  # [n, q_at, d]: sum_h o_h(other) + b_O
+        after = before
+        for diff, positions in diffs:
+            after = _add_at(after, at, diff, positions, cache)  # [n, q_at, d]
+        write = self.view.attn_write
+        return write(layer, after, with_bias=False) - write(layer, before, with_bias=False), at  # [n, q_at, d]
+
+
+def _add_at(x: Tensor, read: Positions, diff: Tensor, at: Positions, cache: CleanCache) -> Tensor:
+    """``x [n, q, d]`` (at positions ``read``) plus ``diff [n, q_at, d]`` at positions ``at`` (within ``read``)."""
+    if at == read:
+        return x + diff
+    # the difference covers part of what the port reads (a position-restricted edge)
+    return x.index_add(1, cache.positions_tensor(tuple(read.index(t) for t in at)), diff)
 
 
 def _fed_ports(node: ScheduleNode, needed: dict[int, Positions]) -> set[str]:

@@ -4,7 +4,10 @@ Keys name what is stored: ``("resid_pre", l)``, ``("resid_mid", l)`` and ``("fin
 residual stream at the ports of heads, MLPs and the output; ``("head", l, h)`` and
 ``("mlp", l)`` are component outputs; ``("q", l, h)``, ``("k", l, h)`` and ``("v", l, h)`` are a
 head's projected query, key and value (``d_head`` wide: what a head node reads through a port no
-claimed child patches); ``("embed",)`` and ``("pos",)`` are never stored (they are
+claimed child patches); ``("attn_sum", l)`` is, in a post-norm model (Gemma-2), layer ``l``'s
+heads and bias summed before its post-attention norm, ``head_out[l].sum(2) + b_O[l]`` (what a
+port fed by some of that layer's heads re-normalises, docs/post-norms.md); ``("embed",)`` and
+``("pos",)`` are never stored (they are
 computed for the rows asked for with `ModelView.embed` and `ModelView.pos_embed`). Each key keeps only the positions some read of
 it needs, so a key read at the scored positions alone costs a fraction of a full table.
 """
@@ -21,7 +24,9 @@ from scrub.components import MLP, Component, Embed, Head, Output, PosEmbed
 from scrub.errors import ScheduleError
 from scrub.model import CleanPass, ModelView
 
-__all__ = ["Key", "CleanCache", "output_key", "port_key", "cache_bytes", "distinct_rows", "COMPUTED", "PROJECTIONS"]
+__all__ = [
+    "Key", "CleanCache", "output_key", "port_key", "attn_sum_key", "cache_bytes", "distinct_rows", "COMPUTED", "PROJECTIONS",
+]
 
 Key = tuple
 COMPUTED = {("embed",), ("pos",)}  # read from the weights directly, never cached
@@ -51,12 +56,19 @@ def port_key(component: Component) -> Key:
     raise ScheduleError(f"{component} has no ports")
 
 
+def attn_sum_key(layer: int) -> Key:
+    """The key of layer ``layer``'s heads and bias summed before its post-attention norm."""
+    return ("attn_sum", layer)
+
+
 PROJECTIONS = ("q", "k", "v")
 
 
-def _read(clean: CleanPass, key: Key) -> Tensor:
+def _read(view: ModelView, clean: CleanPass, key: Key) -> Tensor:
     """One cached quantity ``[b, p, width]`` out of a full clean pass."""
     kind = key[0]
+    if kind == "attn_sum":  # the sum the clean pass normalised (`ModelView.attn_write`), in its order
+        return clean.head_out[key[1]].sum(2) + view.attn_bias(key[1])  # [b, p, d_model]
     if kind in PROJECTIONS:
         return {"q": clean.head_q, "k": clean.head_k, "v": clean.head_v}[kind][key[1]][:, :, key[2]]
     if kind == "head":
@@ -128,7 +140,7 @@ class CleanCache:
         for start in range(0, len(self.rows) if stored else 0, sub_batch):
             clean = view.clean_pass(tokens[self.rows[start : start + sub_batch]], logits=False)
             for key in stored:
-                self.values[key][start : start + sub_batch] = _read(clean, key)[:, self.positions[key]]
+                self.values[key][start : start + sub_batch] = _read(view, clean, key)[:, self.positions[key]]
 
     def index(self, rows: Tensor) -> Tensor:
         """Positions of dataset ``rows`` in the cache (a lookup, any shape)."""

@@ -11,6 +11,15 @@ port input (nothing else is patched in that pass) and reads ``C``'s output from 
 A leaf runs its whole upstream on its own datum (per position: position ``t`` on the row drawn for
 ``t``). Speed is not a goal here; being easy to check is.
 
+Post-norm models (Gemma-2, docs/post-norms.md): a layer's attention adds ``N(sum_h o_h + b_O)``
+to the residual stream, so the claimed heads of a layer ``l`` feeding a port do not add their
+differences one by one: the port gets ``N(S_l(o) + sum_k diff_k) - N(S_l(o))``, where ``S_l(o)``
+is the input of layer ``l``'s post-attention norm on the other datum (read with a hook, as is
+``N``, the model's own norm module) and ``diff_k = scrubbed_k - out_k(o)`` over the port's claimed
+heads of layer ``l`` (zero outside the positions an edge claims): the layer's attention write
+recomputed for this tree node, with the claimed heads' scrubbed outputs in place of their
+outputs on ``o``.
+
 The tree evaluation is here; the hooks are a backend's (`scrub.engine.backends`): TransformerLens
 hook points on a ``HookedTransformer`` (or a ``TransformerBridge``), PyTorch module hooks on a plain
 HuggingFace causal LM. Neither reads the model view, so "batched == reference" checks the view.
@@ -24,7 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from scrub.components import Component
+from scrub.components import Component, Head
 from scrub.data import Dataset
 from scrub.engine.backends import HookBackend, backend_for
 from scrub.engine.backends.tl import per_head_hooks
@@ -107,8 +116,10 @@ class ReferenceEngine:
         """A node with inputs: run on its other datum, adding each claimed child's difference."""
         other = node.other.to(self.device)
         children = node.children
-        clean = self.backend.run(self.tokens[other], reads=[c.component for c in children])
+        tokens = self.tokens[other]
+        clean = self.backend.run(tokens, reads=[c.component for c in children])
         deltas: dict[str, Tensor] = {}
+        heads: dict[tuple[str, int], Tensor] = {}  # post-norms: (port, layer) -> the claimed heads' differences
         for child in children:
             base = clean[child.component]  # [n, pos, d]
             diff = self._value(child) - base
@@ -117,7 +128,17 @@ class ReferenceEngine:
                 mask[list(child.edge.positions)] = 1.0
                 diff = diff * mask[None, :, None]
             port = child.edge.port
+            if self.backend.post_norms and isinstance(child.component, Head):
+                key = (port, child.component.layer)
+                heads[key] = heads[key] + diff if key in heads else diff
+                continue
             deltas[port] = deltas[port] + diff if port in deltas else diff
+        if heads:
+            sums = self.backend.attention_sums(tokens, sorted({layer for _, layer in heads}))  # each [n, pos, d]
+            for (port, layer), diff in heads.items():
+                write = self.backend.attn_write
+                delta = write(layer, sums[layer] + diff) - write(layer, sums[layer])  # [n, pos, d]
+                deltas[port] = deltas[port] + delta if port in deltas else delta
         component = node.component
         patches = [(component, port, delta) for port, delta in deltas.items()]
         return self.backend.run(self.tokens[other], reads=[component], patches=patches)[component]

@@ -22,7 +22,7 @@ class CleanPass:
     same residual as the heads: ``resid_mid[l] = resid_pre[l]`` and ``resid_pre[l + 1] =
     resid_pre[l] + attn_out[l] + mlp_out[l]``. With post-norms (``config.post_norms``) the
     attention writes ``attn_out[l] = norm(head_out[l].sum(2) + b_O[l])``, which is not a sum of
-    per-head writes (see `scrub.model.require_decomposable`).
+    per-head writes: the engines re-normalise that sum per tree node (docs/post-norms.md).
 
     Attributes:
         embed: token embedding ``[b, p, d_model]``.

@@ -15,7 +15,10 @@ What the paths mean (each a pre-norm residual quantity, as in DESIGN.md section 
   GPT-J's MLP reads ``ln_1`` like its attention), the q/k/v projections (separate modules, or one
   fused module with a `QKVLayout`), the output projection (its input holds every head's values,
   head-major), and the MLP module;
-* ``final_norm``: its input is the residual the output reads.
+* ``final_norm``: its input is the residual the output reads;
+* post-norm families (Gemma-2): ``attn_out_norm``, the norm applied to the attention's output
+  (its input is ``sum_h o_h + b_O``, its output what the attention adds to the residual stream),
+  and ``mlp_out``, the module whose output is what the MLP adds (its post-MLP norm).
 
 `check_config(config)` refuses, before anything runs, a family or setting these paths do not
 describe (`UnsupportedModelError`, naming it).
@@ -67,6 +70,8 @@ class FamilyPaths:
     qkv_layout: Optional[QKVLayout] = None
     conv1d: bool = False  # GPT-2's Conv1D: weight [in, out] (nn.Linear: [out, in])
     parallel: Optional[str] = None  # "always", or the config flag that makes attention and MLP read one residual
+    attn_out_norm: Optional[str] = None  # post-norms: the norm on the attention's output (relative to a layer)
+    mlp_out: Optional[str] = None  # post-norms: the module whose output the MLP adds (relative to a layer)
 
     @property
     def fused(self) -> bool:
@@ -99,12 +104,14 @@ FAMILIES: dict[str, FamilyPaths] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
+    "gemma2": attrs.evolve(
+        _LLAMA_LIKE, mlp_norm="pre_feedforward_layernorm", attn_out_norm="post_attention_layernorm",
+        mlp_out="post_feedforward_layernorm",
+    ),
 }
 
 # Families transformers has whose setting scrub does not implement yet: model_type -> the setting.
 _REFUSED: dict[str, str] = {
-    "gemma2": "post-norms (post_attention_layernorm / post_feedforward_layernorm on each block's output) "
-    "and attention/final-logit soft-capping",
     "gemma3": "post-norms (post_attention_layernorm / post_feedforward_layernorm) and q/k norms",
     "mixtral": "mixture-of-experts MLPs",
     "qwen2_moe": "mixture-of-experts MLPs",
@@ -147,7 +154,8 @@ def check_config(config: Any) -> FamilyPaths:
 
 @attrs.frozen(eq=False)
 class LayerModules:
-    """The live modules of one layer (``q``/``k``/``v`` None when the projection is fused)."""
+    """The live modules of one layer (``q``/``k``/``v`` None when the projection is fused;
+    ``attn_out_norm`` and ``mlp_out`` None without post-norms)."""
 
     attn_norm: nn.Module
     mlp_norm: nn.Module
@@ -158,6 +166,8 @@ class LayerModules:
     k: Optional[nn.Module]
     v: Optional[nn.Module]
     qkv: Optional[nn.Module]
+    attn_out_norm: Optional[nn.Module] = None
+    mlp_out: Optional[nn.Module] = None
 
 
 @attrs.frozen(eq=False)
@@ -179,6 +189,12 @@ class HFModules:
     @property
     def n_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def post_norms(self) -> bool:
+        """Whether each layer normalises its attention's output (the sum of its heads) before
+        adding it to the residual stream (Gemma-2)."""
+        return self.paths.attn_out_norm is not None
 
 
 def is_hf_model(model: Any) -> bool:
@@ -220,6 +236,8 @@ def hf_modules(model: Any) -> HFModules:
             attn_norm=_get(block, paths.attn_norm, mt), mlp_norm=_get(block, paths.mlp_norm, mt), attn=attn,
             out_proj=_get(attn, paths.out_proj, mt), mlp=_get(block, paths.mlp, mt),
             q=sub(paths.q), k=sub(paths.k), v=sub(paths.v), qkv=sub(paths.qkv),
+            attn_out_norm=_get(block, paths.attn_out_norm, mt) if paths.attn_out_norm else None,
+            mlp_out=_get(block, paths.mlp_out, mt) if paths.mlp_out else None,
         ))
     n_heads = int(config.num_attention_heads)
     d_model = int(config.hidden_size)

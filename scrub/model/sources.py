@@ -2,9 +2,10 @@
 
 `config_from_model` reads the architecture of a TransformerLens ``HookedTransformer`` or of a
 HuggingFace causal LM without copying weights (other code uses it for shapes);
-`weights_from_model` copies the weights. `require_decomposable` is the check the engines call
-before scrubbing: a model whose attention output is normalised after the heads are summed
-(Gemma-2's post-norms) has no per-head residual writes.
+`weights_from_model` copies the weights. `require_decomposable` refuses a model whose attention
+output is normalised after the heads are summed (Gemma-2's post-norms: no per-head residual
+writes) for a computation that needs per-head writes; neither the scrubbing engines nor the
+report need them any more (they re-normalise per tree node or knock-out, docs/post-norms.md).
 """
 
 from __future__ import annotations
@@ -113,18 +114,20 @@ def weights_from_model(model: Any, config: ViewConfig) -> dict[str, Optional[Ten
     return weights_from_hf(model, config)
 
 
-def require_decomposable(config: ViewConfig) -> None:
+def require_decomposable(config: ViewConfig, purpose: str = "this computation", fix: str = "") -> None:
     """Raise `UnsupportedModelError` unless every head writes to the residual stream on its own.
 
-    Scrubbing patches one head's output while the others keep theirs, which needs the attention's
-    residual write to be the sum of per-head writes (plus a bias). With post-norms (Gemma-2) the
-    norm is applied to that sum, so there is no per-head write to patch.
+    For computations (named ``purpose``) that add or remove one head's output in the residual
+    stream while the others keep theirs, which needs the attention's residual write to be the
+    sum of per-head writes (plus a bias). With post-norms (Gemma-2) the norm is applied to that
+    sum, so there is no per-head write. Scrubbing does not need this: both engines re-normalise a
+    layer's attention output per tree node (docs/post-norms.md), as does the report's compensation
+    check. ``fix`` is the message's fix (default: use a model without post-norms).
     """
     if config.post_norms:
         raise UnsupportedModelError(
-            f"rule: scrubbing needs each head's residual write on its own; offender: the "
+            f"rule: {purpose} needs each head's residual write on its own; offender: the "
             f"{config.family!r} model normalises the attention output after summing the heads "
             f"(post-attention norm, ViewConfig.post_norms=True), so heads do not decompose; fix: "
-            f"scrub a model without post-norms (Gemma-2 models can be evaluated with the model "
-            f"view's forward, not scrubbed per head)"
+            f"{fix or 'use a model without post-norms'}"
         )

@@ -37,6 +37,17 @@ def _piece(value: Tensor, component: Component) -> Tensor:
     return value[:, :, component.head] if isinstance(component, Head) else value
 
 
+def _direct_head(view: ModelView, layer: int, heads: Tensor, random: Tensor, head: Head) -> Tensor:
+    """How the final residual changes when only ``head``'s direct path reads its output on the
+    random rows: its difference, or with post-norms (Gemma-2, docs/post-norms.md) the layer's write
+    re-normalised with that head swapped, ``N(S - o_h + o_h') - N(S)``."""
+    if not view.config.post_norms:
+        return _piece(random, head) - _piece(heads, head)
+    swapped = heads.clone()  # [n, p, H, d]
+    swapped[:, :, head.head] = random[:, :, head.head]
+    return view.attn_write(layer, swapped.sum(2)) - view.attn_write(layer, heads.sum(2))  # [n, p, d]
+
+
 @torch.no_grad()
 def ablated_logits(
     view: ModelView,
@@ -64,8 +75,11 @@ def ablated_logits(
         heads = view.all_heads(layer, resid, resid, resid)  # [n, p, H, d]
         heads = _replace(heads, random.head_out[layer], knock_out, layer, Head)
         if isinstance(direct, Head) and direct.layer == layer:
-            direct_delta = direct_delta + _piece(random.head_out[layer], direct) - _piece(heads, direct)
-        resid = resid + heads.sum(2) + view.attn_bias(layer)
+            direct_delta = direct_delta + _direct_head(view, layer, heads, random.head_out[layer], direct)
+        if view.config.post_norms:  # Gemma-2: the layer writes N(sum of heads + b_O)
+            resid = resid + view.attn_write(layer, heads.sum(2))
+        else:
+            resid = resid + heads.sum(2) + view.attn_bias(layer)
         if not view.config.attn_only:
             out = view.mlp(layer, resid)  # [n, p, d]
             out = _replace(out, random.mlp_out[layer], knock_out, layer, MLP)

@@ -20,7 +20,7 @@ from scrub.data import Dataset, Feature
 from scrub.errors import ReportError
 from scrub.hypothesis import Hypothesis, ModelShape
 from scrub.metrics import Estimate, Metric, lr_combination, mean_difference
-from scrub.model import ModelView, model_name, require_decomposable
+from scrub.model import ModelView, model_name
 from scrub.options import ReportOptions, RunOptions, check_dataset, check_hypothesis, check_model, merge
 from scrub.reporting import variants as V
 from scrub.reporting.ablation import ablated_logits
@@ -350,8 +350,7 @@ def _compensation(model, data: Dataset, pairs, full: Result, run: RunOptions, mi
     if not pairs:
         return []
     seeds, metric, ci_level, n_boot = run.seeds, run.metric, run.ci_level, run.n_boot
-    view = ModelView.from_model(model)
-    require_decomposable(view.config)
+    view = ModelView.from_model(model)  # post-norm models too: scrub.reporting.ablation re-normalises
     if run.device is not None:
         view = view.to(run.device)
     reference = full.rows.reference

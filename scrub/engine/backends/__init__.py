@@ -10,7 +10,10 @@ everything it asks of the model goes through a backend with one small interface:
 * ``logits(tokens)``: the unpatched logits;
 * ``check(component)``: refuse a component the model does not have (before any forward pass);
 * ``session()``: a context to run a schedule in (TransformerLens: per-head hooks switched on,
-  settings restored after).
+  settings restored after);
+* post-norm models (``post_norms``, Gemma-2): ``attention_sums(tokens, layers)``, per layer the
+  unpatched input ``sum_h o_h + b_O`` of its post-attention norm, and ``attn_write(layer, sum)``,
+  that norm (the model's own module) applied to a given sum.
 
 Two backends, chosen from the model's type by `backend_for`; anything else is refused with
 `UnsupportedModelError` naming the type:

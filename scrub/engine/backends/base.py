@@ -22,6 +22,7 @@ class HookBackend(Protocol):
 
     n_layers: int
     device: torch.device
+    post_norms: bool  # the attention's output is normalised after its heads are summed (Gemma-2)
 
     def check(self, component: Component) -> None: ...
 
@@ -30,6 +31,10 @@ class HookBackend(Protocol):
     def run(self, tokens: Tensor, reads: Sequence[Component], patches: Sequence[Patch] = ()) -> dict[Component, Tensor]: ...
 
     def logits(self, tokens: Tensor) -> Tensor: ...
+
+    def attention_sums(self, tokens: Tensor, layers: Sequence[int]) -> dict[int, Tensor]: ...
+
+    def attn_write(self, layer: int, heads_sum: Tensor) -> Tensor: ...
 
 
 def check_component(component: Component, n_layers: int, n_heads: int, has_mlp: bool, has_pos: bool, model: str) -> None:

@@ -13,8 +13,15 @@ Outputs (what a component adds to the residual stream):
   pre-projection values, head-major) times its slice of the projection weight, *without* the
   projection's bias (read with a pre-hook on GPT-2 ``c_proj`` (Conv1D, weight ``[in, out]``),
   GPT-NeoX ``dense``, GPT-J ``out_proj``, Llama/Mistral/Qwen2/Gemma ``o_proj``);
-* ``MLP(l)``: the MLP module's output;
+* ``MLP(l)``: the MLP module's output (Gemma-2: the output of its post-MLP norm
+  ``post_feedforward_layernorm``, what the MLP adds to the residual stream);
 * ``Output()``: the logits.
+
+Post-norms (Gemma-2): a layer's attention adds ``N(sum_h o_h + b_O)`` to the residual stream,
+``N`` its ``post_attention_layernorm``. `HuggingFaceBackend.attention_sums` reads that norm's
+input ``sum_h o_h + b_O`` (a pre-hook) and `HuggingFaceBackend.attn_write` applies the model's
+own norm module to a given sum, so the reference engine can re-normalise a sum in which some
+heads' outputs are replaced (docs/post-norms.md).
 
 Ports (``delta`` is added to the residual stream the port reads, then the model's own norm
 module recomputes what the port's consumer sees):
@@ -75,6 +82,7 @@ class HuggingFaceBackend:
             )
         self.device = next(model.parameters()).device
         self.n_layers = self.modules.n_layers
+        self.post_norms = self.modules.post_norms
 
     # ---- interface ----------------------------------------------------------------------------
 
@@ -87,6 +95,43 @@ class HuggingFaceBackend:
 
     def logits(self, tokens: Tensor) -> Tensor:
         return self.model(input_ids=tokens, use_cache=False).logits
+
+    def attention_sums(self, tokens: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
+        """Post-norm models: per layer in ``layers``, the input of its post-attention norm in an
+        unpatched pass on ``tokens``, ``sum_h o_h + b_O`` ``[n, pos, d_model]``."""
+        sums: dict[int, Tensor] = {}
+        handles = [
+            self._attn_out_norm(layer).register_forward_pre_hook(
+                lambda mod, args, layer=layer: sums.__setitem__(layer, args[0].detach().clone())
+            )
+            for layer in dict.fromkeys(layers)
+        ]
+        try:
+            self.model(input_ids=tokens, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = sorted(set(layers) - set(sums))
+        if missing:
+            raise UnsupportedModelError(
+                f"hooks on the post-attention norms of layers {missing} did not fire on {type(self.model).__name__}; "
+                f"its forward does not call the modules scrub.model.hf_modules names for {self.modules.model_type}"
+            )
+        return sums
+
+    def attn_write(self, layer: int, heads_sum: Tensor) -> Tensor:
+        """Post-norm models: what layer ``layer``'s attention adds to the residual stream when its
+        heads and bias sum to ``heads_sum`` ``[n, pos, d_model]`` (the model's own norm module)."""
+        return self._attn_out_norm(layer)(heads_sum)
+
+    def _attn_out_norm(self, layer: int) -> nn.Module:
+        norm = self.modules.layers[layer].attn_out_norm
+        if norm is None:
+            raise ScheduleError(
+                f"the {self.modules.model_type} model has no post-attention norm: each head writes to the "
+                f"residual stream on its own; nothing to re-normalise"
+            )
+        return norm
 
     def run(self, tokens: Tensor, reads: Sequence[Component], patches: Sequence[Patch] = ()) -> dict[Component, Tensor]:
         """One forward pass with ``patches`` applied; the outputs of ``reads`` from that pass."""
@@ -152,8 +197,9 @@ class HuggingFaceBackend:
 
             hook(layer.out_proj, keep_head, tag, pre=True)
         elif isinstance(component, MLP):
-            hook(m.layers[component.layer].mlp, lambda mod, args, value: out.__setitem__(component, value.detach().clone()),
-                 tag, pre=False)
+            layer = m.layers[component.layer]
+            writer = layer.mlp if layer.mlp_out is None else layer.mlp_out  # Gemma-2: the post-MLP norm
+            hook(writer, lambda mod, args, value: out.__setitem__(component, value.detach().clone()), tag, pre=False)
         else:
             raise ScheduleError(f"{component} writes nothing into the residual stream, so it has no output to read")
 

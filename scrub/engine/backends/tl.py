@@ -62,7 +62,16 @@ class TransformerLensBackend:
 
     name = "transformer_lens"
 
+    post_norms = False
+
     def __init__(self, model) -> None:
+        if _post_norms(model):
+            raise UnsupportedModelError(
+                f"rule: the reference engine's TransformerLens hooks need heads that write to the residual "
+                f"stream one by one; offender: this {type(model).__name__} normalises each block's attention "
+                f"output after summing its heads (Gemma-2 post-norms); fix: pass the HuggingFace model, which "
+                f"the engine hooks directly (for a TransformerBridge: scrub.model.bridge.hf_model_of_bridge)"
+            )
         self.model = model
         self.device = next(model.parameters()).device
         self.n_layers = int(model.cfg.n_layers)
@@ -79,6 +88,12 @@ class TransformerLensBackend:
 
     def logits(self, tokens: Tensor) -> Tensor:
         return self.model(tokens)
+
+    def attention_sums(self, tokens: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
+        raise ScheduleError("internal: a TransformerLens model without post-norms has no attention sums to read")
+
+    def attn_write(self, layer: int, heads_sum: Tensor) -> Tensor:
+        raise ScheduleError("internal: a TransformerLens model without post-norms has no post-attention norm")
 
     def run(self, tokens: Tensor, reads: Sequence[Component], patches: Sequence[Patch] = ()) -> dict[Component, Tensor]:
         store: dict[str, Tensor] = {}  # by the name asked for (a bridge's hook.name may be an alias's target)
@@ -123,6 +138,21 @@ class TransformerLensBackend:
         if isinstance(component, Output):
             return hooks.final_resid(self.n_layers)
         raise ScheduleError(f"{component} has no ports, so nothing can be patched into it")
+
+
+def _post_norms(model) -> bool:
+    """Whether ``model`` normalises its attention output after summing the heads (Gemma-2): a
+    HookedTransformer's ``use_normalization_before_and_after``, or a TransformerBridge over a
+    HuggingFace family with post-norms (a bridge's config does not say so)."""
+    from scrub.model.hf_modules import FAMILIES
+
+    if getattr(model.cfg, "use_normalization_before_and_after", False):
+        return True
+    original = model.__dict__.get("original_model")  # a TransformerBridge's HuggingFace model
+    paths = FAMILIES.get(getattr(getattr(original, "config", None), "model_type", None))
+    if paths is not None:
+        return paths.attn_out_norm is not None
+    return str(getattr(model.cfg, "architecture", None) or "").startswith(("Gemma2", "Gemma3"))
 
 
 def _select(component: Component, value: Tensor) -> Tensor:
