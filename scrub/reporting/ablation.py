@@ -72,6 +72,7 @@ def ablated_logits(
     resid = embed + random.pos  # [n, p, d]
     direct_delta = random.embed - embed if isinstance(direct, Embed) else torch.zeros_like(resid)
     for layer in range(view.config.n_layers):
+        layer_in = resid  # [n, p, d] what a parallel block's MLP reads (GPT-J, parallel GPT-NeoX)
         heads = view.all_heads(layer, resid, resid, resid)  # [n, p, H, d]
         heads = _replace(heads, random.head_out[layer], knock_out, layer, Head)
         if isinstance(direct, Head) and direct.layer == layer:
@@ -81,7 +82,7 @@ def ablated_logits(
         else:
             resid = resid + heads.sum(2) + view.attn_bias(layer)
         if not view.config.attn_only:
-            out = view.mlp(layer, resid)  # [n, p, d]
+            out = view.mlp(layer, layer_in if view.config.parallel_blocks else resid)  # [n, p, d]
             out = _replace(out, random.mlp_out[layer], knock_out, layer, MLP)
             if isinstance(direct, MLP) and direct.layer == layer:
                 direct_delta = direct_delta + random.mlp_out[layer] - out
