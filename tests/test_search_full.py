@@ -42,11 +42,11 @@ def test_full_recovers_everything_by_the_identity(any_model, data):
 
 def test_tree_size_counts_the_treeified_nodes(attn_model):
     h = Hypothesis.full(attn_model)
-    assert tree_size(h) == sum(1 for _ in h.tree().walk())
-    # 2 layers x 3 heads, attention-only: layer-0 head 1 + 3*2, layer-1 head 1 + 3*(2 + 3*7)
+    assert tree_size(h) == sum(1 for _ in h.tree().walk()) == len(h.claims)  # every claim complete: a leaf
+    # uncollapsed, 2 layers x 3 heads, attention-only: layer-0 head 1 + 3*2, layer-1 head 1 + 3*(2 + 3*7)
     l0 = 1 + 3 * 2
     l1 = 1 + 3 * (2 + 3 * l0)
-    assert tree_size(h) == 1 + 2 + 3 * l0 + 3 * l1
+    assert tree_size(h, collapse=False) == 1 + 2 + 3 * l0 + 3 * l1
 
 
 def test_full_layers_and_bad_layers(mlp_model):
