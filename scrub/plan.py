@@ -200,15 +200,15 @@ class FeatureCache:
 
     def tree(self, hypothesis: Hypothesis) -> TreeSpec:
         """``hypothesis.tree()``, validated and built once per structure: the many schedules of
-        one hypothesis (one per seed) share it. The key is the hypothesis with its claims (and
-        their features), edges in order and recorded model shape (which claims collapse), so a
-        hypothesis changed since gets a new tree."""
-        claims = hypothesis.claims
+        one hypothesis (one per seed) share it. A hypothesis only grows (claims and edges are
+        added, never changed or removed: variants are new hypotheses), so its numbers of claims
+        and edges identify its state; with its recorded model shape (which claims collapse) they
+        key the tree, and a hypothesis changed since gets a new one."""
         key = (
             id(hypothesis),
-            claims,
-            tuple(id(c.feature) for c in claims),
-            tuple((e, e.seq) for e in hypothesis.edges),
+            len(hypothesis._claims),
+            hypothesis._next_edge,
+            hypothesis._graph.number_of_edges(),
             hypothesis.shape,
             collapse.ENABLED,
         )

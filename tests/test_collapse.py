@@ -130,6 +130,16 @@ def test_variants_keep_the_shape_and_another_model_is_refused(attn_model, mlp_mo
         scrub.search(h, mlp_model, data)
 
 
+def test_store_keys_tell_a_recorded_shape_apart(attn_model):
+    from scrub.store.keys import hypothesis_fingerprint
+
+    h = Hypothesis.full(attn_model)
+    plain = Hypothesis.full(attn_model)
+    plain._shape = None  # the same graph, never collapsed: other draws, so another cell
+    assert hypothesis_fingerprint(h) != hypothesis_fingerprint(plain)
+    assert hypothesis_fingerprint(h) == hypothesis_fingerprint(Hypothesis.full(attn_model))
+
+
 # ---- (b) exactness: the collapsed subtree sampled last --------------------------------------------
 
 

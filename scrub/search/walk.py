@@ -18,12 +18,22 @@ hypothesis of the call on the same rows and seeds (common random numbers):
    first prefix that fails, the rest are tried again (from call 1) on the new hypothesis.
 
 Two coarsenings of one claim are alternatives: only the best one enters the prefixes.
+
+From `Hypothesis.full` the walk scales to deep models: `full` records the model's shape, so every
+claim whose whole upstream is still claimed EXACT (complete) treeifies as a leaf on its datum
+(`scrub.hypothesis.collapse`). When the edges into a claim at layer ``l`` are tried, everything
+below it is still complete, so a candidate's tree holds one copy of each modified claim per kept
+path to the output and leaves below: a search from `full` of a 12-layer, 12-head model (158
+claims, 32,936 edges) is a few minutes on a CPU (`benchmarks/bench_search.py`), dominated by
+copying the hypothesis once per candidate (O(edges) each) while the graph is large.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import networkx as nx
 
@@ -31,6 +41,7 @@ from scrub.api import make_engine, prepare, scrub_many
 from scrub.data import Dataset, Feature
 from scrub.errors import HypothesisError, OptionsError
 from scrub.hypothesis import Claim, Hypothesis
+from scrub.hypothesis.full import tree_size
 from scrub.options import RunOptions, check_dataset, check_model
 from scrub.search.changes import Change, Coarsen, RemoveEdge, apply, size
 from scrub.search.result import CurvePoint, Decision, SearchResult, Step
@@ -108,7 +119,10 @@ class _Scorer:
         self.batched = batched
 
     def lr(self, hyps: list[Hypothesis]) -> list[float]:
-        prepare(hyps, self.model, self.data, self.options, "search()")
+        # no `prepare` here: `search` prepared the start, and every hypothesis scored is derived from
+        # it by `apply` (removals and coarsenings keep a hypothesis valid; a coarse feature is
+        # checked when planned, before any forward pass). Validating each variant again costs
+        # O(edges) apiece, which dominates a search from a deep `Hypothesis.full`.
         groups = [hyps] if self.batched else [[h] for h in hyps]
         results = [r for group in groups for r in scrub_many(group, self.model, self.data, self.options, runner=self.runner)]
         self.calls += len(groups)
@@ -166,9 +180,28 @@ def _walk(start: Hypothesis, scorer: _Scorer, tau: float, features: Features, lo
                 last, kept = after, kept + 1
             current = prefixes[kept - 1]
             if log:
-                log(f"{name}: kept {kept} of {len(cands)} changes; LR {before:.4f} -> {last:.4f}; {size(current)} edges")
+                log(f"{name}: kept {kept} of {len(cands)} changes; LR {before:.4f} -> {last:.4f}; {size(current)} edges, "
+                    f"{tree_size(current)} tree nodes; {scorer.scored} hypotheses scored")
         steps.append(Step(name, tuple(decisions)))
     return current, steps
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off for the walk, back on (and run) after it.
+
+    A walk from a deep `Hypothesis.full` makes a copy of a hypothesis of tens of thousands of
+    edges per candidate: millions of long-lived objects, which every full collection rescans
+    (measured: it makes each copy ~2.5x slower). The walk makes no reference cycles of its own;
+    what it frees, reference counting frees at once."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+            gc.collect()
 
 
 def _start(start, model, where: str) -> Hypothesis:
@@ -201,7 +234,7 @@ def search(
     device=None,
     ci_level: float = 0.95,
     n_boot: int = 1000,
-    progress: bool = False,
+    progress: Union[bool, Callable[[str], None]] = False,
     name: Optional[str] = None,
     batch_candidates: bool = True,
 ) -> SearchResult:
@@ -220,7 +253,7 @@ def search(
             always on it).
         metric, seeds, n, engine, batch_size, memory_budget_mb, device, ci_level, n_boot: as in
             `scrub.evaluate` (every candidate is scored on the same rows and seeds).
-        progress: print one line per step.
+        progress: print one line per step (True), or call this function with each line.
         name: the found hypothesis's name (default: "<start> (searched, tau=...)").
         batch_candidates: False scores every candidate in its own engine call (same decisions,
             slower: for benchmarks).
@@ -245,10 +278,11 @@ def search(
                          memory_budget_mb=memory_budget_mb, device=device, ci_level=ci_level, n_boot=n_boot)
     prepare([h], model, data, options, "search()")  # every check before the first forward pass
     scorer = _Scorer(model, data, options, batched=bool(batch_candidates))
-    log = print if progress else None
+    log = progress if callable(progress) else (print if progress else None)
     found: dict[float, tuple[Hypothesis, list[Step]]] = {}
-    for t in curve_taus:
-        found[t] = _walk(h, scorer, t, features, log)
+    with _collector_paused():
+        for t in curve_taus:
+            found[t] = _walk(h, scorer, t, features, log)
     label = name or f"{h.name} (searched, tau={tau:g})"
     best, steps = found[tau]
     best = apply(best, [], name=label)
