@@ -33,6 +33,7 @@ class Hypothesis:
         >>> len(h.claims)
         3
 
+    ``Hypothesis(name, shape=model)`` records the model (or `ModelShape`) it is for: see `shape`.
     Claims are immutable; building adds claims and edges. `without` and `only_edges` return new
     hypotheses (the subgraph variants reports use). The graph is available, frozen, as `graph`.
     """
@@ -108,7 +109,7 @@ class Hypothesis:
         With a shape, treeification keeps every *complete* claim (all its upstream claimed EXACT,
         `scrub.hypothesis.collapse`) as a leaf on its datum, which computes the same values
         without expanding its subtree, and scrubbing it on a model of another shape is refused."""
-        return self._shape
+        return getattr(self, "_shape", None)  # None also for a hypothesis pickled before shapes
 
     @property
     def root(self) -> Claim:
@@ -182,7 +183,7 @@ class Hypothesis:
     # ---- printing -----------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        shape = "" if self._shape is None else f", shape={self._shape.n_layers}x{self._shape.n_heads}"
+        shape = "" if self.shape is None else f", shape={self.shape.n_layers}x{self.shape.n_heads}"
         return f"Hypothesis({self.name!r}, claims={len(self._claims)}, edges={self._graph.number_of_edges()}{shape})"
 
     def __str__(self) -> str:

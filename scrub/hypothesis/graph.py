@@ -84,19 +84,20 @@ def tree(h: HypothesisState) -> TreeSpec:
     """The treeified hypothesis: one `TreeSpec` per path from a claim to the root; a complete
     claim's copy is a leaf on its datum (`collapsible`), its subtree not expanded."""
     check_structure(h)
-    leaves = collapsible(h)
-
-    def build(claim: Claim, edge: Optional[Edge], path: tuple[str, ...]) -> TreeSpec:
-        if claim in leaves:
-            return TreeSpec(claim=claim, edge=edge, children=(), path=path, complete=True)
-        kids = tuple(
-            build(e.child, e, path + (f"{e.child.name}->{e.parent.name}.{e.port}",))
-            for e in children(h, claim)
-        )
-        return TreeSpec(claim=claim, edge=edge, children=kids, path=path)
-
     top = root(h)
-    return build(top, None, (top.name,))
+    return _build(h, collapsible(h), top, None, (top.name,))
+
+
+def _build(h: HypothesisState, leaves: frozenset, claim: Claim, edge: Optional[Edge], path: tuple[str, ...]) -> TreeSpec:
+    """The tree below ``claim`` reached along ``path`` (a plain function, not a closure: a recursive
+    closure is a reference cycle that would keep ``h`` alive until the next garbage collection)."""
+    if claim in leaves:
+        return TreeSpec(claim=claim, edge=edge, children=(), path=path, complete=True)
+    kids = tuple(
+        _build(h, leaves, e.child, e, path + (f"{e.child.name}->{e.parent.name}.{e.port}",))
+        for e in children(h, claim)
+    )
+    return TreeSpec(claim=claim, edge=edge, children=kids, path=path)
 
 
 def describe(h: HypothesisState) -> str:

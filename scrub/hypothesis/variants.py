@@ -49,7 +49,7 @@ def copy_keeping(
     features = features or {}
     top = graph.root(h)
     new = type(h)(name)
-    new._shape = h._shape  # a variant is for the same model
+    new._shape = getattr(h, "_shape", None)  # a variant is for the same model
     mapping = {top.index: new.output()}
     kept = [e for e in graph.edges(h) if keep_edge(e)]
     feeders: dict[int, list[int]] = defaultdict(list)  # parent index -> child indices, kept edges

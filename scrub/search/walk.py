@@ -8,14 +8,16 @@ each of them. A change is kept when loss recovered drops by less than ``tau``
 (``LR_before - LR_after < tau``; a change that raises LR is kept too).
 
 One step (one claim) costs two batched calls, each one engine call per seed with every
-hypothesis of the call on the same rows and seeds (common random numbers):
+hypothesis of the call on the same rows and seeds (common random numbers); a call holds at most
+`_EDGES_AT_ONCE` edges of candidate copies, so a step on a large hypothesis takes several:
 
 1. the current hypothesis and each candidate alone: candidates whose drop is ``>= tau`` are
    dropped for good;
 2. the surviving candidates, best first, applied cumulatively (prefixes ``c1``, ``c1+c2``, ...):
    ACDC's sequential rule decides each in the context of the ones kept before it, so a change
    is kept if the prefix that adds it drops LR by less than ``tau`` from the prefix before. At the
-   first prefix that fails, the rest are tried again (from call 1) on the new hypothesis.
+   first prefix that fails, the rest are tried again (from call 1) on the new hypothesis (and
+   prefixes after it, in a later batch, are not scored).
 
 Two coarsenings of one claim are alternatives: only the best one enters the prefixes.
 
@@ -52,6 +54,7 @@ __all__ = ["search", "Features"]
 Features = Union[None, Sequence[Feature], dict]
 
 _CANDIDATE_BOOT = 10  # candidates need the point value only; the bootstrap is for the final result
+_EDGES_AT_ONCE = 2_000_000  # edges of candidate copies alive at once (~1 GB): 60 copies of a 12-layer full
 
 
 def _check_tau(value, name: str = "tau") -> float:
@@ -129,6 +132,29 @@ class _Scorer:
         self.scored += len(hyps)
         return [r.loss_recovered for r in results]
 
+    def per_call(self, current: Hypothesis) -> int:
+        """How many copies of ``current`` one call scores (`_EDGES_AT_ONCE` edges in all)."""
+        return max(1, _EDGES_AT_ONCE // max(1, current._graph.number_of_edges()))
+
+    def lr_of(self, current: Hypothesis, changes: Sequence[Sequence[Change]], names: Sequence[str],
+              with_current: bool = False) -> list[float]:
+        """LR of ``apply(current, changes[i], names[i])`` for each ``i`` (and first of ``current``
+        itself, ``with_current``), the copies made and scored a batch at a time: at most
+        `_EDGES_AT_ONCE` edges of copies are alive at once (a copy of a 33k-edge hypothesis takes
+        ~15 MB, and a step from `Hypothesis.full` tries hundreds)."""
+        per_call, edges = self.per_call(current), current._graph.number_of_edges()
+        out: list[float] = []
+        for i in range(0, len(changes), per_call):
+            hyps = [apply(current, c, name=n) for c, n in zip(changes[i : i + per_call], names[i : i + per_call])]
+            out += self.lr(([current] if with_current and i == 0 else []) + hyps)
+            large = len(hyps) * edges >= _EDGES_AT_ONCE // 4
+            del hyps
+            if large and not gc.isenabled():
+                gc.collect()  # the walk pauses the collector: free this batch's reference cycles now
+        if with_current and not changes:
+            out = self.lr([current])
+        return out
+
     def final(self, h: Hypothesis):
         return scrub_many([h], self.model, self.data, self.final_options, runner=self.runner)[0]
 
@@ -154,8 +180,7 @@ def _walk(start: Hypothesis, scorer: _Scorer, tau: float, features: Features, lo
             cands = _candidates(current, name, features, decided)
             if not cands:
                 break
-            variants = [apply(current, [c], name=f"{start.name}: {c}") for c in cands]
-            lrs = scorer.lr([current] + variants)
+            lrs = scorer.lr_of(current, [[c] for c in cands], [f"{start.name}: {c}" for c in cands], with_current=True)
             before, passing = lrs[0], []
             for change, after in zip(cands, lrs[1:]):
                 if before - after < tau:
@@ -168,17 +193,20 @@ def _walk(start: Hypothesis, scorer: _Scorer, tau: float, features: Features, lo
             passing.sort(key=lambda item: item[0])
             chosen = [c for i, (_, c, _) in enumerate(passing)
                       if not (isinstance(c, Coarsen) and any(isinstance(o, Coarsen) for _, o, _ in passing[:i]))]
-            prefixes = [apply(current, chosen[: i + 1], name=f"{start.name}: {name} +{i + 1}") for i in range(len(chosen))]
-            lrs = scorer.lr(prefixes[1:]) if len(prefixes) > 1 else []
-            lrs = [passing[0][2]] + lrs  # the first prefix is the best candidate alone, scored above
+            label = [f"{start.name}: {name} +{i + 1}" for i in range(len(chosen))]
+            lrs = [passing[0][2]]  # the first prefix is the best candidate alone, scored above
             last, kept = before, 0
-            for change, after in zip(chosen, lrs):
+            for i, change in enumerate(chosen):
+                if i == len(lrs):  # the next batch of prefixes (all the rest, unless they are large):
+                    j = min(len(chosen), i + scorer.per_call(current))  # none after the first that fails
+                    lrs += scorer.lr_of(current, [chosen[: k + 1] for k in range(i, j)], label[i:j])
+                after = lrs[i]
                 if last - after >= tau:
                     break  # this one and the rest are tried again on the new hypothesis
                 decided.add(_key(change))
                 decisions.append(Decision(str(change), last, after, True, "kept"))
                 last, kept = after, kept + 1
-            current = prefixes[kept - 1]
+            current = apply(current, chosen[:kept], name=label[kept - 1])
             if log:
                 log(f"{name}: kept {kept} of {len(cands)} changes; LR {before:.4f} -> {last:.4f}; {size(current)} edges, "
                     f"{tree_size(current)} tree nodes; {scorer.scored} hypotheses scored")
