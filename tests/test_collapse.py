@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -39,7 +39,7 @@ def paths_count(comps: list, n_layers: int) -> int:
     """Tree nodes of `full` over ``comps`` without collapse, by the path recurrence (independent
     of the graph): a claim is one node plus, per port, the trees of every component upstream."""
 
-    @lru_cache(maxsize=None)
+    @cache
     def size(i: int) -> int:
         c = comps[i]
         below = sum(size(j) for j, u in enumerate(comps) if is_upstream(u, c, n_layers))

@@ -8,21 +8,23 @@ scrubbing it recovers 100% of the loss by the identity (up to float rounding: th
 decomposition subtracts and adds the same outputs).
 
 Size. The DAG has one claim per component and ``O(components^2 * ports)`` edges (GPT-2 small's
-shape: 159 claims, 32,936 edges). Treeified by the letter, every path from a claim to the output
-is its own tree node, and the number of paths grows exponentially with depth
+shape: 158 claims and the output, 32,936 edges). Treeified by the letter, every path from a claim
+to the output is its own tree node, and the number of paths grows exponentially with depth
 (``tree_size(h, collapse=False)``: 174 / 12,828 / 949,224 nodes for the last 1 / 2 / 3 layers of
-a 12 x 12 model). But every claim of `full` is *complete*: its whole upstream is claimed EXACT,
-so each tree copy computes the model's clean output on its datum. `full` records the model's
-`ModelShape`, and treeification keeps a complete claim as a leaf on its datum
-(`scrub.hypothesis.collapse`): the tree of `full` is the output plus one leaf per component
-(159 nodes for GPT-2 small), whatever the depth. The collapse changes only the random stream (a
-collapsed subtree draws no unused "other" data).
+a 12 x 12 model, ~6 x 10^22 for all 12). But every claim of `full` is *complete*: its whole
+upstream is claimed EXACT, so each tree copy computes the model's clean output on its datum.
+`full` records the model's `ModelShape`, and treeification keeps a complete claim as a leaf on
+its datum (`scrub.hypothesis.collapse`): the tree of `full` is the output plus one leaf per
+component (159 nodes for GPT-2 small), whatever the depth. The collapse changes only the random
+stream (a collapsed subtree draws no unused "other" data). ``layers=`` keeps some layers only;
+their claims then miss part of their upstream, are not complete, and are not collapsed.
 
-A search from `full` (`scrub.search`) removes edges from the output backwards: a claim that lost
-an edge, and every claim above it, is no longer complete and is expanded, so the tree holds one
-copy of each modified claim per kept path from it to the output; everything below the claim being
-decided is still complete and collapses. How far a search on a deep model gets therefore depends
-on how many paths the kept graph has (`benchmarks/bench_search.py` measures it).
+Search. `scrub.search` from `full` removes edges from the output backwards: a claim that lost an
+edge, and every claim above it, is no longer complete and is expanded, so a candidate's tree
+holds one copy of each modified claim per kept path from it to the output; everything below the
+claim being decided is still complete and collapses. What bounds a search of a deep model is then
+the copying of the hypothesis per candidate (O(edges) each) and the number of candidates, which
+depends on tau (`benchmarks/bench_search.py` measures both).
 """
 
 from __future__ import annotations
