@@ -60,6 +60,23 @@ def test_full_of_gpt2_shape_collapses_to_a_leaf_per_claim():
     assert tree_size(h) == len(h.claims) == sum(1 for _ in tree.walk())
 
 
+@pytest.mark.parametrize("shape", [
+    ModelShape(n_layers=3, n_heads=2, n_ctx=8, attn_only=False, parallel_blocks=True),
+    ModelShape(n_layers=3, n_heads=2, n_ctx=8, attn_only=False, shortformer=True),
+    ModelShape(n_layers=3, n_heads=2, n_ctx=8, attn_only=True, positional="rotary"),
+], ids=["parallel", "shortformer", "rotary"])
+def test_full_collapses_for_every_block_and_position_kind(shape):
+    h = Hypothesis.full(shape)
+    h.validate(shape)
+    assert (PosEmbed() in {c.component for c in h.claims}) == shape.has_pos_embed
+    assert all(node.complete for node in h.tree().children)
+    assert tree_size(h) == len(h.claims) < tree_size(h, collapse=False)
+    # with parallel blocks a head does not feed its layer's MLP, so the MLP needs no edge from it
+    mlp = [c for c in h.claims if c.component == scrub.MLP(1)]
+    if shape.parallel_blocks:
+        assert not any(e.child.component == Head(1, 0) for e in h.children(mlp[0]))
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_uncollapsed_size_is_unchanged(k):
     layers = range(12 - k, 12)
