@@ -12,7 +12,9 @@ input the hypothesis does not claim. Sampling follows DESIGN.md section 1 to the
   feature draws one row per (row, position), agreeing at that position only;
 * a node with children whose datum is per position is treeified per output position: position
   ``t`` of its output comes from its own copy, holding the datum drawn for ``t``, with its own
-  "other" datum and child draws (copies in position order).
+  "other" datum and child draws (copies in position order);
+* a complete claim (its whole upstream claimed EXACT, for the model shape the hypothesis
+  records: `scrub.hypothesis.collapse`) is a leaf on its datum: its subtree draws nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import Tensor
 from scrub.components import Component
 from scrub.data import EXACT, Dataset, Feature, FeatureValues, PoolIndex, sample_matching
 from scrub.errors import ScheduleError
-from scrub.hypothesis import Claim, Edge, Hypothesis, TreeSpec
+from scrub.hypothesis import Claim, Edge, Hypothesis, TreeSpec, collapse
 
 __all__ = ["ScheduleNode", "Schedule", "plan", "FeatureCache", "size_statistics"]
 
@@ -198,14 +200,17 @@ class FeatureCache:
 
     def tree(self, hypothesis: Hypothesis) -> TreeSpec:
         """``hypothesis.tree()``, validated and built once per structure: the many schedules of
-        one hypothesis (one per seed) share it. The key is the hypothesis with its claims (and
-        their features) and edges in order, so a hypothesis changed since gets a new tree."""
-        claims = hypothesis.claims
+        one hypothesis (one per seed) share it. A hypothesis only grows (claims and edges are
+        added, never changed or removed: variants are new hypotheses), so its numbers of claims
+        and edges identify its state; with its recorded model shape (which claims collapse) they
+        key the tree, and a hypothesis changed since gets a new one."""
         key = (
             id(hypothesis),
-            claims,
-            tuple(id(c.feature) for c in claims),
-            tuple((e, e.seq) for e in hypothesis.edges),
+            len(hypothesis._claims),
+            hypothesis._next_edge,
+            hypothesis._graph.number_of_edges(),
+            hypothesis.shape,
+            collapse.ENABLED,
         )
         found = self._trees.get(key)
         if found is None or found[0] is not hypothesis:

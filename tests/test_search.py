@@ -62,6 +62,7 @@ def test_to_python_rebuilds_the_found_hypothesis(found):
     assert any(c.feature is FIRST for c in found.hypothesis.claims[1:]), "no coarsening kept: the test is void"
     rebuilt = space["found"]({"first token": FIRST})
     assert _shape(rebuilt) == _shape(found.hypothesis)
+    assert rebuilt.shape == found.hypothesis.shape == found.start.shape is not None  # same draws
 
 
 def test_json_and_html(found, tmp_path):

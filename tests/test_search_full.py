@@ -9,6 +9,7 @@ from scrub import MLP, Embed, Head, Hypothesis, PosEmbed
 from scrub.components import is_upstream, ports_of
 from scrub.errors import HypothesisError
 from scrub.hypothesis.full import components_of, tree_size
+from scrub.search import walk
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,11 +43,11 @@ def test_full_recovers_everything_by_the_identity(any_model, data):
 
 def test_tree_size_counts_the_treeified_nodes(attn_model):
     h = Hypothesis.full(attn_model)
-    assert tree_size(h) == sum(1 for _ in h.tree().walk())
-    # 2 layers x 3 heads, attention-only: layer-0 head 1 + 3*2, layer-1 head 1 + 3*(2 + 3*7)
+    assert tree_size(h) == sum(1 for _ in h.tree().walk()) == len(h.claims)  # every claim complete: a leaf
+    # uncollapsed, 2 layers x 3 heads, attention-only: layer-0 head 1 + 3*2, layer-1 head 1 + 3*(2 + 3*7)
     l0 = 1 + 3 * 2
     l1 = 1 + 3 * (2 + 3 * l0)
-    assert tree_size(h) == 1 + 2 + 3 * l0 + 3 * l1
+    assert tree_size(h, collapse=False) == 1 + 2 + 3 * l0 + 3 * l1
 
 
 def test_full_layers_and_bad_layers(mlp_model):
@@ -54,3 +55,21 @@ def test_full_layers_and_bad_layers(mlp_model):
     assert {c.component for c in h.claims[1:]} == {Embed(), PosEmbed(), MLP(1)} | {Head(1, i) for i in range(3)}
     with pytest.raises(HypothesisError, match="do not exist"):
         Hypothesis.full(mlp_model, layers=[5])
+
+
+def test_search_from_full_batched_equals_one_scrub_per_candidate_and_reports_steps(mlp_model, data, monkeypatch):
+    lines: list[str] = []
+    fast = scrub.search(Hypothesis.full(mlp_model), mlp_model, data.head(16), tau=0.05, metric="kl", progress=lines.append)
+    slow = scrub.search(Hypothesis.full(mlp_model), mlp_model, data.head(16), tau=0.05, metric="kl",
+                        batch_candidates=False)
+    with monkeypatch.context() as m:  # copies scored a few at a time, as for a large hypothesis
+        m.setattr(walk, "_EDGES_AT_ONCE", 400)
+        few = scrub.search(Hypothesis.full(mlp_model), mlp_model, data.head(16), tau=0.05, metric="kl")
+    assert few.calls > fast.calls
+    for other in (slow, few):
+        assert sorted(map(str, fast.hypothesis.edges)) == sorted(map(str, other.hypothesis.edges))
+        assert fast.loss_recovered == pytest.approx(other.loss_recovered, abs=1e-6)
+    assert len(lines) >= 1 and all("tree nodes" in line and "hypotheses scored" in line for line in lines)
+    counts = [int(line.rsplit("; ", 1)[1].split()[0]) for line in lines]  # "...; N hypotheses scored"
+    assert counts == sorted(counts) and counts[-1] <= fast.scored
+    assert fast.hypothesis.shape == fast.start.shape is not None

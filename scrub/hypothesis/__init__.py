@@ -8,10 +8,12 @@ networkx ``MultiDiGraph`` (a child may feed several ports of one parent).
 Building a hypothesis is pure: nothing touches a model until `Hypothesis.validate` (called by
 `scrub.evaluate` and `scrub.plan`) checks it against one. `Hypothesis.tree` unrolls the DAG into
 its treeified form: every path from a claim to the root becomes its own `TreeSpec` node, so a
-claim reached by two paths is sampled independently for each.
+claim reached by two paths is sampled independently for each. For a hypothesis that records its
+model's shape (`Hypothesis.full` does), a *complete* claim (its whole upstream claimed EXACT) is
+kept as a leaf on its datum, which computes the same values (`collapse`).
 
-The package, bottom up: `values` (Claim, Edge, TreeSpec), `shape` (ModelShape), `graph`
-(reading the graph, treeification), `building` (claims and edges), `checking` (against a
+The package, bottom up: `values` (Claim, Edge, TreeSpec), `shape` (ModelShape), `collapse`
+(complete claims), `graph` (reading the graph, treeification), `building` (claims and edges), `checking` (against a
 model), `variants` (without / only_edges), and `core` (the thin `Hypothesis` class).
 """
 

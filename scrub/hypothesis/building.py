@@ -11,7 +11,6 @@ from typing import Iterable, Optional
 from scrub.components import WRITERS, Component, ports_of
 from scrub.data import Feature
 from scrub.errors import ComponentError, HypothesisError
-from scrub.hypothesis import graph
 from scrub.hypothesis.values import Claim, Edge, HypothesisState, Into
 
 __all__ = ["claim", "connect", "add_claim", "add_edge", "check_member"]
@@ -80,15 +79,20 @@ def add_claim(
     return new
 
 
-def add_edge(h: HypothesisState, child: Claim, parent: Claim, port: str, positions) -> Edge:
-    """Add the edge ``child -> parent.port``, refusing a second claim of one component into one port."""
-    for edge in graph.children(h, parent):
-        if edge.port == port and edge.child.component == child.component:
-            raise HypothesisError(
-                f"{h.name}: {child.component} is already claimed into {parent}.{port} (as "
-                f"{edge.child}); a component can be claimed only once into one port of one parent: "
-                f"merge the two claims into one with a combined feature"
-            )
+def add_edge(h: HypothesisState, child: Claim, parent: Claim, port: str, positions, check: bool = True) -> Edge:
+    """Add the edge ``child -> parent.port``, refusing a second claim of one component into one port.
+
+    ``check=False`` skips that check (an O(children) scan of the parent): for edges copied from a
+    hypothesis that already passed it (variants) or made distinct by construction (`full`)."""
+    if check:
+        for _, _, data in h._graph.in_edges(parent, data=True):
+            edge = data["edge"]
+            if edge.port == port and edge.child.component == child.component:
+                raise HypothesisError(
+                    f"{h.name}: {child.component} is already claimed into {parent}.{port} (as "
+                    f"{edge.child}); a component can be claimed only once into one port of one parent: "
+                    f"merge the two claims into one with a combined feature"
+                )
     if child is parent:
         raise HypothesisError(f"{h.name}: claim {child} cannot feed itself")
     edge = Edge(child=child, parent=parent, port=port, positions=positions, seq=h._next_edge)

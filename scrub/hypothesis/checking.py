@@ -17,6 +17,14 @@ __all__ = ["validate", "check_component"]
 def validate(h: HypothesisState, model, n_pos: Optional[int] = None) -> None:
     """Check ``h`` against ``model`` (anything `ModelShape.of` reads) and a sequence length."""
     shape = ModelShape.of(model)
+    recorded = getattr(h, "_shape", None)
+    if recorded is not None and recorded != shape:
+        raise HypothesisError(
+            f"{h.name}: rule: a hypothesis recorded for a model shape (Hypothesis.full, or "
+            f"Hypothesis(name, shape=...)) is scrubbed on a model of that shape, since which claims are "
+            f"complete depends on it; offender: recorded {recorded}, model {shape}; fix: build the "
+            f"hypothesis for this model (e.g. Hypothesis.full(model))"
+        )
     graph.check_structure(h)
     for claim in h._claims[1:]:
         check_component(claim.component, shape)

@@ -15,6 +15,7 @@ from scrub.components import Component, Output
 from scrub.data import Feature
 from scrub.errors import HypothesisError
 from scrub.hypothesis import building, checking, graph, variants
+from scrub.hypothesis.shape import ModelShape
 from scrub.hypothesis.values import Claim, Edge, Into, TreeSpec
 
 __all__ = ["Hypothesis"]
@@ -32,14 +33,16 @@ class Hypothesis:
         >>> len(h.claims)
         3
 
+    ``Hypothesis(name, shape=model)`` records the model (or `ModelShape`) it is for: see `shape`.
     Claims are immutable; building adds claims and edges. `without` and `only_edges` return new
     hypotheses (the subgraph variants reports use). The graph is available, frozen, as `graph`.
     """
 
-    def __init__(self, name: str = "hypothesis") -> None:
+    def __init__(self, name: str = "hypothesis", shape=None) -> None:
         if not isinstance(name, str) or not name:
             raise HypothesisError(f"a hypothesis needs a non-empty name string, got {name!r}")
         self.name = name
+        self._shape: Optional[ModelShape] = None if shape is None else ModelShape.of(shape)
         self._graph = nx.MultiDiGraph()
         self._claims: list[Claim] = []
         self._root: Optional[Claim] = None
@@ -48,7 +51,8 @@ class Hypothesis:
     @classmethod
     def full(cls, model, name: str = "full model", layers=None) -> "Hypothesis":
         """The whole model as a hypothesis: every component EXACT into every port of every later
-        component and the output (recovers 100%; see `scrub.hypothesis.full` for its size)."""
+        component and the output (recovers 100%; see `scrub.hypothesis.full` for its size). It
+        records the model's `shape`, so its complete claims treeify as leaves."""
         from scrub.hypothesis.full import full
 
         return full(cls, model, name, layers)
@@ -96,6 +100,16 @@ class Hypothesis:
         building.connect(self, child, into, positions)
 
     # ---- reading ------------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> Optional[ModelShape]:
+        """The `ModelShape` this hypothesis is recorded for (``Hypothesis(name, shape=model)``,
+        `Hypothesis.full`; variants keep it), or None.
+
+        With a shape, treeification keeps every *complete* claim (all its upstream claimed EXACT,
+        `scrub.hypothesis.collapse`) as a leaf on its datum, which computes the same values
+        without expanding its subtree, and scrubbing it on a model of another shape is refused."""
+        return getattr(self, "_shape", None)  # None also for a hypothesis pickled before shapes
 
     @property
     def root(self) -> Claim:
@@ -169,7 +183,8 @@ class Hypothesis:
     # ---- printing -----------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        return f"Hypothesis({self.name!r}, claims={len(self._claims)}, edges={self._graph.number_of_edges()})"
+        shape = "" if self.shape is None else f", shape={self.shape.n_layers}x{self.shape.n_heads}"
+        return f"Hypothesis({self.name!r}, claims={len(self._claims)}, edges={self._graph.number_of_edges()}{shape})"
 
     def __str__(self) -> str:
         return graph.describe(self)

@@ -7,14 +7,24 @@ is then a claimed child on the node's own datum, and every datum is the referenc
 scrubbing it recovers 100% of the loss by the identity (up to float rounding: the residual
 decomposition subtracts and adds the same outputs).
 
-Size. The DAG has one claim per component and ``O(components^2 * ports)`` edges, but scrubbing
-treeifies it: every path from a claim to the output is its own tree node, and the number of
-paths grows exponentially with depth (`tree_size` counts them without building the tree). The
-planner draws an "other" datum per tree node, so the engine cannot share copies of one component
-on different paths even though all their inputs are claimed. Practical: 2-layer models with a
-handful of heads (hundreds of tree nodes); 3 layers of 4 heads is ~10^4 nodes; GPT-2 small's 12
-layers are far out of reach. Start a search on a larger model from a hand-written hypothesis, or
-from `full` restricted to the last few layers (``layers=``).
+Size. The DAG has one claim per component and ``O(components^2 * ports)`` edges (GPT-2 small's
+shape: 158 claims and the output, 32,936 edges). Treeified by the letter, every path from a claim
+to the output is its own tree node, and the number of paths grows exponentially with depth
+(``tree_size(h, collapse=False)``: 174 / 12,828 / 949,224 nodes for the last 1 / 2 / 3 layers of
+a 12 x 12 model, ~6 x 10^22 for all 12). But every claim of `full` is *complete*: its whole
+upstream is claimed EXACT, so each tree copy computes the model's clean output on its datum.
+`full` records the model's `ModelShape`, and treeification keeps a complete claim as a leaf on
+its datum (`scrub.hypothesis.collapse`): the tree of `full` is the output plus one leaf per
+component (159 nodes for GPT-2 small), whatever the depth. The collapse changes only the random
+stream (a collapsed subtree draws no unused "other" data). ``layers=`` keeps some layers only;
+their claims then miss part of their upstream, are not complete, and are not collapsed.
+
+Search. `scrub.search` from `full` removes edges from the output backwards: a claim that lost an
+edge, and every claim above it, is no longer complete and is expanded, so a candidate's tree
+holds one copy of each modified claim per kept path from it to the output; everything below the
+claim being decided is still complete and collapses. What bounds a search of a deep model is then
+the copying of the hypothesis per candidate (O(edges) each) and the number of candidates, which
+depends on tau (`benchmarks/bench_search.py` measures both).
 """
 
 from __future__ import annotations
@@ -23,22 +33,13 @@ from typing import Iterable, Optional
 
 import networkx as nx
 
-from scrub.components import MLP, Component, Embed, Head, PosEmbed, is_upstream, ports_of, stage
+from scrub.components import MLP, Component, Head, is_upstream, ports_of
 from scrub.data import EXACT
 from scrub.errors import HypothesisError
+from scrub.hypothesis import building, graph
 from scrub.hypothesis.shape import ModelShape
 
 __all__ = ["full", "components_of", "tree_size"]
-
-
-def _has_pos_embed(model, shape: ModelShape) -> bool:
-    if shape.shortformer:
-        return False
-    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
-    if cfg is None:  # a bare ModelShape: learned positions unless shortformer
-        return True
-    kind = getattr(cfg, "positional_embedding_type", getattr(cfg, "positional", "standard"))
-    return kind == "standard"
 
 
 def components_of(model, layers: Optional[Iterable[int]] = None) -> list[Component]:
@@ -53,20 +54,12 @@ def components_of(model, layers: Optional[Iterable[int]] = None) -> list[Compone
             f"Hypothesis.full(layers={sorted(keep)}): layers {bad} do not exist; the model has layers "
             f"0..{shape.n_layers - 1}"
         )
-    found: list[Component] = [Embed()]
-    if _has_pos_embed(model, shape):
-        found.append(PosEmbed())
-    for layer in range(shape.n_layers):
-        if layer not in keep:
-            continue
-        found.extend(Head(layer, h) for h in range(shape.n_heads))
-        if not shape.attn_only:
-            found.append(MLP(layer))
-    return sorted(found, key=lambda c: stage(c, shape.n_layers, shape.parallel_blocks))
+    return [c for c in shape.writers() if not isinstance(c, (Head, MLP)) or c.layer in keep]
 
 
 def full(cls, model, name: str = "full model", layers: Optional[Iterable[int]] = None):
-    """The whole model as a hypothesis of class ``cls`` (see the module docstring).
+    """The whole model as a hypothesis of class ``cls`` (see the module docstring), recorded for
+    the model's shape.
 
     Claims are created from the output downwards (so a claim's parents exist when it is made);
     each claim is named after its component and feeds every port of every claimed component
@@ -75,6 +68,7 @@ def full(cls, model, name: str = "full model", layers: Optional[Iterable[int]] =
     shape = ModelShape.of(model)
     comps = components_of(model, layers)
     h = cls(name)
+    h._shape = shape
     out = h.output()
     made = []  # (component, claim), downstream first
     for comp in reversed(comps):
@@ -82,14 +76,24 @@ def full(cls, model, name: str = "full model", layers: Optional[Iterable[int]] =
         for parent_comp, parent in made:
             if is_upstream(comp, parent_comp, shape.n_layers, shape.parallel_blocks):
                 into.extend((parent, port) for port in ports_of(parent_comp))
-        made.append((comp, h.claim(comp, EXACT, into=into)))
+        claim = building.add_claim(h, comp, EXACT, str(comp))
+        for parent, port in into:  # one edge per (parent, port): distinct by construction
+            building.add_edge(h, claim, parent, port, None, check=False)
+        made.append((comp, claim))
     return h
 
 
-def tree_size(h) -> int:
-    """The number of nodes of ``h``'s treeified form, counted on the DAG (no tree is built)."""
+def tree_size(h, collapse: bool = True) -> int:
+    """The number of nodes of ``h``'s treeified form, counted on the DAG (no tree is built).
+
+    ``collapse=False`` counts the tree without collapsing complete claims (every path its own
+    node, as if ``h`` recorded no model shape): the size the collapse avoids."""
     h.validate_structure()
+    leaves = graph.collapsible(h) if collapse else frozenset()
     count: dict = {}
-    for claim in nx.topological_sort(h.graph):  # edges run child -> parent: children first
-        count[claim] = 1 + sum(count[e.child] for e in h.children(claim))
+    for claim in nx.topological_sort(h._graph):  # edges run child -> parent: children first
+        if claim in leaves:
+            count[claim] = 1
+        else:
+            count[claim] = 1 + sum(count[child] for child, _ in h._graph.in_edges(claim))
     return count[h.root]

@@ -11,9 +11,10 @@ from typing import Optional
 import networkx as nx
 
 from scrub.errors import HypothesisError
+from scrub.hypothesis import collapse
 from scrub.hypothesis.values import Claim, Edge, HypothesisState, TreeSpec
 
-__all__ = ["root", "edges", "children", "parents", "find", "check_structure", "tree", "describe"]
+__all__ = ["root", "edges", "children", "parents", "find", "check_structure", "collapsible", "tree", "describe"]
 
 
 def root(h: HypothesisState) -> Claim:
@@ -60,28 +61,43 @@ def check_structure(h: HypothesisState) -> None:
             f"{h.name}: the claims form a cycle {[(str(a), str(b)) for a, b, *_ in cycle]}; "
             f"a hypothesis must be acyclic (remove one of these edges)"
         )
+    reaching = nx.ancestors(h._graph, top)  # one search, not one per claim
     for claim in h._claims:
         if claim is top:
             continue
         if h._graph.out_degree(claim) == 0:
             raise HypothesisError(f"{h.name}: claim {claim} feeds nothing; connect it with into=... or drop it")
-        if not nx.has_path(h._graph, claim, top):
+        if claim not in reaching:
             raise HypothesisError(f"{h.name}: claim {claim} does not reach the output")
 
 
+def collapsible(h: HypothesisState) -> frozenset:
+    """The claims treeification keeps as leaves: the complete claims (`scrub.hypothesis.collapse`)
+    for the model shape ``h`` records, the output excepted; none without a recorded shape."""
+    shape = getattr(h, "_shape", None)
+    if shape is None or not collapse.ENABLED:
+        return frozenset()
+    return frozenset(c for c in collapse.complete_claims(h, shape) if not c.is_output)
+
+
 def tree(h: HypothesisState) -> TreeSpec:
-    """The treeified hypothesis: one `TreeSpec` per path from a claim to the root."""
+    """The treeified hypothesis: one `TreeSpec` per path from a claim to the root; a complete
+    claim's copy is a leaf on its datum (`collapsible`), its subtree not expanded."""
     check_structure(h)
-
-    def build(claim: Claim, edge: Optional[Edge], path: tuple[str, ...]) -> TreeSpec:
-        kids = tuple(
-            build(e.child, e, path + (f"{e.child.name}->{e.parent.name}.{e.port}",))
-            for e in children(h, claim)
-        )
-        return TreeSpec(claim=claim, edge=edge, children=kids, path=path)
-
     top = root(h)
-    return build(top, None, (top.name,))
+    return _build(h, collapsible(h), top, None, (top.name,))
+
+
+def _build(h: HypothesisState, leaves: frozenset, claim: Claim, edge: Optional[Edge], path: tuple[str, ...]) -> TreeSpec:
+    """The tree below ``claim`` reached along ``path`` (a plain function, not a closure: a recursive
+    closure is a reference cycle that would keep ``h`` alive until the next garbage collection)."""
+    if claim in leaves:
+        return TreeSpec(claim=claim, edge=edge, children=(), path=path, complete=True)
+    kids = tuple(
+        _build(h, leaves, e.child, e, path + (f"{e.child.name}->{e.parent.name}.{e.port}",))
+        for e in children(h, claim)
+    )
+    return TreeSpec(claim=claim, edge=edge, children=kids, path=path)
 
 
 def describe(h: HypothesisState) -> str:
@@ -95,6 +111,7 @@ def describe(h: HypothesisState) -> str:
             e = child.edge
             where = "" if e.positions is None else f" @pos{list(e.positions)}"
             kind = "leaf" if child.is_leaf else f"{len(child.children)} children"
+            kind = "complete: leaf" if child.complete else kind
             kind = "inputs resampled" if child.claim.scrub_inputs and not child.children else kind
             lines.append(f"{indent}<-{e.port}{where}- {child.claim.name} [{child.claim.feature}] ({kind})")
             show(child, indent + "    ")

@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from scrub.components import MLP, Component, Embed, Head, PosEmbed, stage
 from scrub.errors import HypothesisError, UnsupportedModelError
 
 __all__ = ["ModelShape", "POSITIONALS"]
@@ -58,6 +59,16 @@ class ModelShape:
     def has_pos_embed(self) -> bool:
         """The model has a ``PosEmbed()`` component (learned positions in the residual stream)."""
         return self.positional == "standard"
+
+    def writers(self) -> list[Component]:
+        """Every component that writes into the residual stream, upstream first (by
+        `scrub.components.stage`): the embeddings, then each layer's heads and MLP."""
+        found: list[Component] = [Embed()] + ([PosEmbed()] if self.has_pos_embed else [])
+        for layer in range(self.n_layers):
+            found.extend(Head(layer, h) for h in range(self.n_heads))
+            if not self.attn_only:
+                found.append(MLP(layer))
+        return sorted(found, key=lambda c: stage(c, self.n_layers, self.parallel_blocks))
 
     @classmethod
     def of(cls, model: Any) -> "ModelShape":

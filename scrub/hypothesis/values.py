@@ -5,7 +5,7 @@ read and change (a `Hypothesis` is one).
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Protocol, Sequence, Union
+from typing import Any, Iterator, Optional, Protocol, Sequence, Union
 
 import attrs
 import networkx as nx
@@ -16,7 +16,7 @@ from scrub.data import Feature
 __all__ = ["Claim", "Edge", "TreeSpec", "Into", "HypothesisState"]
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a graph node: hashed on every graph operation
 class Claim:
     """One node of a hypothesis: ``component`` carries only ``feature`` on the paths it feeds.
 
@@ -61,13 +61,16 @@ class TreeSpec:
     """One node of the treeified hypothesis: a claim reached along one particular path.
 
     ``path`` is the chain of ``(claim name, port)`` from the root down to this node, which makes
-    each copy of a claim reached by two paths distinct.
+    each copy of a claim reached by two paths distinct. ``complete``: the claim is complete for
+    the hypothesis's model shape (`scrub.hypothesis.collapse`), so this copy is a leaf on its
+    datum and its claimed subtree is not expanded (``children`` is empty).
     """
 
     claim: Claim
     edge: Optional[Edge]
     children: tuple["TreeSpec", ...]
     path: tuple[str, ...]
+    complete: bool = False
 
     @property
     def is_leaf(self) -> bool:
@@ -89,10 +92,12 @@ class HypothesisState(Protocol):
 
     ``_graph`` holds the claims as nodes and each `Edge` under the ``edge`` key (child -> parent,
     keyed by port); ``_claims`` is in creation order (the root first); ``_next_edge`` numbers
-    edges in insertion order. Calling the type with a name gives an empty hypothesis.
+    edges in insertion order; ``_shape`` is the `ModelShape` the hypothesis is recorded for (or
+    None). Calling the type with a name gives an empty hypothesis.
     """
 
     name: str
+    _shape: Optional[Any]
     _graph: nx.MultiDiGraph
     _claims: list[Claim]
     _root: Optional[Claim]

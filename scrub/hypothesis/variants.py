@@ -5,10 +5,10 @@ A variant is a new hypothesis of the same class; the original is never changed.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from collections import defaultdict
+from typing import Callable, Iterable, Mapping, Optional
 
-import networkx as nx
-
+from scrub.data import Feature
 from scrub.errors import HypothesisError
 from scrub.hypothesis import building, graph
 from scrub.hypothesis.values import Claim, Edge, HypothesisState
@@ -34,28 +34,41 @@ def only_edges(h: HypothesisState, keep: Iterable[Edge], name: str) -> Hypothesi
     return copy_keeping(h, lambda e: e in keep_set, name)
 
 
-def copy_keeping(h: HypothesisState, keep_edge: Callable[[Edge], bool], name: str) -> HypothesisState:
+def copy_keeping(
+    h: HypothesisState,
+    keep_edge: Callable[[Edge], bool],
+    name: str,
+    features: Optional[Mapping[str, Feature]] = None,
+) -> HypothesisState:
     """A new hypothesis named ``name`` with the edges ``keep_edge`` accepts and the claims that
-    still reach the output through them (same names, features and order)."""
+    still reach the output through them (same names, features and order; ``features`` replaces
+    the features of the claims it names). The copy keeps ``h``'s recorded model shape.
+
+    A claim that loses all its children keeps its meaning: its inputs are resampled
+    (``scrub_inputs``), it does not turn into a leaf (which would claim everything upstream)."""
+    features = features or {}
     top = graph.root(h)
     new = type(h)(name)
+    new._shape = getattr(h, "_shape", None)  # a variant is for the same model
     mapping = {top.index: new.output()}
     kept = [e for e in graph.edges(h) if keep_edge(e)]
-    skeleton = nx.MultiDiGraph()
-    skeleton.add_nodes_from(e.child.index for e in kept)
-    skeleton.add_node(top.index)
+    feeders: dict[int, list[int]] = defaultdict(list)  # parent index -> child indices, kept edges
     for e in kept:
-        skeleton.add_edge(e.child.index, e.parent.index)
-    reaching = nx.ancestors(skeleton, top.index)
+        feeders[e.parent.index].append(e.child.index)
+    reaching, todo = set(), [top.index]  # claims with a kept path to the output
+    while todo:
+        for child in feeders[todo.pop()]:
+            if child not in reaching:
+                reaching.add(child)
+                todo.append(child)
     for claim in h._claims[1:]:
         if claim.index in reaching:
-            # a claim that loses all its children keeps its meaning: its inputs are resampled,
-            # it does not turn into a leaf (which would claim everything upstream of it)
-            orphaned = bool(graph.children(h, claim)) and skeleton.in_degree(claim.index) == 0
+            orphaned = h._graph.in_degree(claim) > 0 and not feeders[claim.index]
             mapping[claim.index] = building.add_claim(
-                new, claim.component, claim.feature, claim.name, claim.scrub_inputs or orphaned
+                new, claim.component, features.get(claim.name, claim.feature), claim.name,
+                claim.scrub_inputs or orphaned,
             )
-    for e in kept:
+    for e in kept:  # edges of a valid hypothesis: no duplicate check needed
         if e.child.index in mapping and e.parent.index in mapping:
-            building.add_edge(new, mapping[e.child.index], mapping[e.parent.index], e.port, e.positions)
+            building.add_edge(new, mapping[e.child.index], mapping[e.parent.index], e.port, e.positions, check=False)
     return new

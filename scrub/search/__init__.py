@@ -2,7 +2,9 @@
 
 `search` walks a hypothesis from the output backwards (ACDC, Conmy et al. 2023, with causal-
 scrubbing semantics), removing edges and coarsening EXACT claims while loss recovered holds;
-`scrub.search.changes` holds the changes it tries, `scrub.search.result` what it returns.
+`scrub.search.changes` holds the changes it tries, `scrub.search.result` what it returns. It can
+start from the whole model (`Hypothesis.full`, even of GPT-2 small's 12 layers): complete claims
+treeify as leaves, so only what the walk changed is expanded (`scrub.search.walk`).
 """
 
 import sys

@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Optional, Union
 
 import attrs
-import networkx as nx
 
 from scrub.data import Feature
 from scrub.errors import HypothesisError
-from scrub.hypothesis import Claim, Edge, Hypothesis
-from scrub.hypothesis import building
+from scrub.hypothesis import Edge, Hypothesis
+from scrub.hypothesis import variants
 
 __all__ = ["RemoveEdge", "Coarsen", "Change", "apply", "edge_key", "size"]
 
@@ -110,23 +109,4 @@ def apply(h: Hypothesis, changes: Iterable[Change], name: Optional[str] = None) 
 
 def copy_with(h: Hypothesis, keep_edge, features: Mapping[str, Feature], name: str) -> Hypothesis:
     """`variants.copy_keeping` with some claims' features replaced (by claim name)."""
-    top = h.root
-    new = type(h)(name)
-    mapping: dict[int, Claim] = {top.index: new.output()}
-    kept = [e for e in h.edges if keep_edge(e)]
-    skeleton = nx.MultiDiGraph()
-    skeleton.add_node(top.index)
-    for e in kept:
-        skeleton.add_edge(e.child.index, e.parent.index)
-    reaching = nx.ancestors(skeleton, top.index)
-    for claim in h.claims[1:]:
-        if claim.index in reaching:
-            orphaned = bool(h.children(claim)) and skeleton.in_degree(claim.index) == 0
-            feature = features.get(claim.name, claim.feature)
-            mapping[claim.index] = building.add_claim(
-                new, claim.component, feature, claim.name, claim.scrub_inputs or orphaned
-            )
-    for e in kept:
-        if e.child.index in mapping and e.parent.index in mapping:
-            building.add_edge(new, mapping[e.child.index], mapping[e.parent.index], e.port, e.positions)
-    return new
+    return variants.copy_keeping(h, keep_edge, name, features)

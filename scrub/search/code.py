@@ -49,6 +49,7 @@ def to_python(h: Hypothesis, function: str = "found") -> str:
     needed = sorted({c.feature.name for c in h.claims[1:] if not c.feature.exact})
     lines = [
         "from scrub import EXACT, MLP, Embed, Feature, Head, Hypothesis, PosEmbed",
+        *(["from scrub.hypothesis import ModelShape"] if h.shape is not None else []),
         "",
         "",
         f"def {function}(features=None):",
@@ -56,7 +57,8 @@ def to_python(h: Hypothesis, function: str = "found") -> str:
     ]
     if needed:
         lines.append(f"    features: a dict with the scrub.Feature named {needed}")
-    lines += ['    """', "    features = features or {}", f"    h = Hypothesis({h.name!r})", "    c0 = h.output()"]
+    shape = "" if h.shape is None else f", shape={h.shape!r}"  # keeps complete claims collapsed
+    lines += ['    """', "    features = features or {}", f"    h = Hypothesis({h.name!r}{shape})", "    c0 = h.output()"]
     var = {h.root.index: "c0"}
     later = []
     for claim in h.claims[1:]:

@@ -8,22 +8,34 @@ each of them. A change is kept when loss recovered drops by less than ``tau``
 (``LR_before - LR_after < tau``; a change that raises LR is kept too).
 
 One step (one claim) costs two batched calls, each one engine call per seed with every
-hypothesis of the call on the same rows and seeds (common random numbers):
+hypothesis of the call on the same rows and seeds (common random numbers); a call holds at most
+`_EDGES_AT_ONCE` edges of candidate copies, so a step on a large hypothesis takes several:
 
 1. the current hypothesis and each candidate alone: candidates whose drop is ``>= tau`` are
    dropped for good;
 2. the surviving candidates, best first, applied cumulatively (prefixes ``c1``, ``c1+c2``, ...):
    ACDC's sequential rule decides each in the context of the ones kept before it, so a change
    is kept if the prefix that adds it drops LR by less than ``tau`` from the prefix before. At the
-   first prefix that fails, the rest are tried again (from call 1) on the new hypothesis.
+   first prefix that fails, the rest are tried again (from call 1) on the new hypothesis (and
+   prefixes after it, in a later batch, are not scored).
 
 Two coarsenings of one claim are alternatives: only the best one enters the prefixes.
+
+From `Hypothesis.full` the walk scales to deep models: `full` records the model's shape, so every
+claim whose whole upstream is still claimed EXACT (complete) treeifies as a leaf on its datum
+(`scrub.hypothesis.collapse`). When the edges into a claim at layer ``l`` are tried, everything
+below it is still complete, so a candidate's tree holds one copy of each modified claim per kept
+path to the output and leaves below: a search from `full` of a 12-layer, 12-head model (158
+claims, 32,936 edges) is a few minutes on a CPU (`benchmarks/bench_search.py`), dominated by
+copying the hypothesis once per candidate (O(edges) each) while the graph is large.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import networkx as nx
 
@@ -31,6 +43,7 @@ from scrub.api import make_engine, prepare, scrub_many
 from scrub.data import Dataset, Feature
 from scrub.errors import HypothesisError, OptionsError
 from scrub.hypothesis import Claim, Hypothesis
+from scrub.hypothesis.full import tree_size
 from scrub.options import RunOptions, check_dataset, check_model
 from scrub.search.changes import Change, Coarsen, RemoveEdge, apply, size
 from scrub.search.result import CurvePoint, Decision, SearchResult, Step
@@ -41,6 +54,7 @@ __all__ = ["search", "Features"]
 Features = Union[None, Sequence[Feature], dict]
 
 _CANDIDATE_BOOT = 10  # candidates need the point value only; the bootstrap is for the final result
+_EDGES_AT_ONCE = 2_000_000  # edges of candidate copies alive at once (~1 GB): 60 copies of a 12-layer full
 
 
 def _check_tau(value, name: str = "tau") -> float:
@@ -108,12 +122,38 @@ class _Scorer:
         self.batched = batched
 
     def lr(self, hyps: list[Hypothesis]) -> list[float]:
-        prepare(hyps, self.model, self.data, self.options, "search()")
+        # no `prepare` here: `search` prepared the start, and every hypothesis scored is derived from
+        # it by `apply` (removals and coarsenings keep a hypothesis valid; a coarse feature is
+        # checked when planned, before any forward pass). Validating each variant again costs
+        # O(edges) apiece, which dominates a search from a deep `Hypothesis.full`.
         groups = [hyps] if self.batched else [[h] for h in hyps]
         results = [r for group in groups for r in scrub_many(group, self.model, self.data, self.options, runner=self.runner)]
         self.calls += len(groups)
         self.scored += len(hyps)
         return [r.loss_recovered for r in results]
+
+    def per_call(self, current: Hypothesis) -> int:
+        """How many copies of ``current`` one call scores (`_EDGES_AT_ONCE` edges in all)."""
+        return max(1, _EDGES_AT_ONCE // max(1, current._graph.number_of_edges()))
+
+    def lr_of(self, current: Hypothesis, changes: Sequence[Sequence[Change]], names: Sequence[str],
+              with_current: bool = False) -> list[float]:
+        """LR of ``apply(current, changes[i], names[i])`` for each ``i`` (and first of ``current``
+        itself, ``with_current``), the copies made and scored a batch at a time: at most
+        `_EDGES_AT_ONCE` edges of copies are alive at once (a copy of a 33k-edge hypothesis takes
+        ~15 MB, and a step from `Hypothesis.full` tries hundreds)."""
+        per_call, edges = self.per_call(current), current._graph.number_of_edges()
+        out: list[float] = []
+        for i in range(0, len(changes), per_call):
+            hyps = [apply(current, c, name=n) for c, n in zip(changes[i : i + per_call], names[i : i + per_call])]
+            out += self.lr(([current] if with_current and i == 0 else []) + hyps)
+            large = len(hyps) * edges >= _EDGES_AT_ONCE // 4
+            del hyps
+            if large and not gc.isenabled():
+                gc.collect()  # the walk pauses the collector: free this batch's reference cycles now
+        if with_current and not changes:
+            out = self.lr([current])
+        return out
 
     def final(self, h: Hypothesis):
         return scrub_many([h], self.model, self.data, self.final_options, runner=self.runner)[0]
@@ -140,8 +180,7 @@ def _walk(start: Hypothesis, scorer: _Scorer, tau: float, features: Features, lo
             cands = _candidates(current, name, features, decided)
             if not cands:
                 break
-            variants = [apply(current, [c], name=f"{start.name}: {c}") for c in cands]
-            lrs = scorer.lr([current] + variants)
+            lrs = scorer.lr_of(current, [[c] for c in cands], [f"{start.name}: {c}" for c in cands], with_current=True)
             before, passing = lrs[0], []
             for change, after in zip(cands, lrs[1:]):
                 if before - after < tau:
@@ -154,21 +193,43 @@ def _walk(start: Hypothesis, scorer: _Scorer, tau: float, features: Features, lo
             passing.sort(key=lambda item: item[0])
             chosen = [c for i, (_, c, _) in enumerate(passing)
                       if not (isinstance(c, Coarsen) and any(isinstance(o, Coarsen) for _, o, _ in passing[:i]))]
-            prefixes = [apply(current, chosen[: i + 1], name=f"{start.name}: {name} +{i + 1}") for i in range(len(chosen))]
-            lrs = scorer.lr(prefixes[1:]) if len(prefixes) > 1 else []
-            lrs = [passing[0][2]] + lrs  # the first prefix is the best candidate alone, scored above
+            label = [f"{start.name}: {name} +{i + 1}" for i in range(len(chosen))]
+            lrs = [passing[0][2]]  # the first prefix is the best candidate alone, scored above
             last, kept = before, 0
-            for change, after in zip(chosen, lrs):
+            for i, change in enumerate(chosen):
+                if i == len(lrs):  # the next batch of prefixes (all the rest, unless they are large):
+                    j = min(len(chosen), i + scorer.per_call(current))  # none after the first that fails
+                    lrs += scorer.lr_of(current, [chosen[: k + 1] for k in range(i, j)], label[i:j])
+                after = lrs[i]
                 if last - after >= tau:
                     break  # this one and the rest are tried again on the new hypothesis
                 decided.add(_key(change))
                 decisions.append(Decision(str(change), last, after, True, "kept"))
                 last, kept = after, kept + 1
-            current = prefixes[kept - 1]
+            current = apply(current, chosen[:kept], name=label[kept - 1])
             if log:
-                log(f"{name}: kept {kept} of {len(cands)} changes; LR {before:.4f} -> {last:.4f}; {size(current)} edges")
+                log(f"{name}: kept {kept} of {len(cands)} changes; LR {before:.4f} -> {last:.4f}; {size(current)} edges, "
+                    f"{tree_size(current)} tree nodes; {scorer.scored} hypotheses scored")
         steps.append(Step(name, tuple(decisions)))
     return current, steps
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off for the walk, back on (and run) after it.
+
+    A walk from a deep `Hypothesis.full` makes a copy of a hypothesis of tens of thousands of
+    edges per candidate: millions of long-lived objects, which every full collection rescans
+    (measured: it makes each copy ~2.5x slower). The walk makes no reference cycles of its own;
+    what it frees, reference counting frees at once."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+            gc.collect()
 
 
 def _start(start, model, where: str) -> Hypothesis:
@@ -201,7 +262,7 @@ def search(
     device=None,
     ci_level: float = 0.95,
     n_boot: int = 1000,
-    progress: bool = False,
+    progress: Union[bool, Callable[[str], None]] = False,
     name: Optional[str] = None,
     batch_candidates: bool = True,
 ) -> SearchResult:
@@ -220,7 +281,7 @@ def search(
             always on it).
         metric, seeds, n, engine, batch_size, memory_budget_mb, device, ci_level, n_boot: as in
             `scrub.evaluate` (every candidate is scored on the same rows and seeds).
-        progress: print one line per step.
+        progress: print one line per step (True), or call this function with each line.
         name: the found hypothesis's name (default: "<start> (searched, tau=...)").
         batch_candidates: False scores every candidate in its own engine call (same decisions,
             slower: for benchmarks).
@@ -245,10 +306,11 @@ def search(
                          memory_budget_mb=memory_budget_mb, device=device, ci_level=ci_level, n_boot=n_boot)
     prepare([h], model, data, options, "search()")  # every check before the first forward pass
     scorer = _Scorer(model, data, options, batched=bool(batch_candidates))
-    log = print if progress else None
+    log = progress if callable(progress) else (print if progress else None)
     found: dict[float, tuple[Hypothesis, list[Step]]] = {}
-    for t in curve_taus:
-        found[t] = _walk(h, scorer, t, features, log)
+    with _collector_paused():
+        for t in curve_taus:
+            found[t] = _walk(h, scorer, t, features, log)
     label = name or f"{h.name} (searched, tau={tau:g})"
     best, steps = found[tau]
     best = apply(best, [], name=label)

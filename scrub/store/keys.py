@@ -126,8 +126,9 @@ def _feature_part(feature: Optional[Feature], values: Optional[Mapping[int, Tens
 def hypothesis_fingerprint(h: Hypothesis, feature_values: Optional[Mapping[int, Tensor]] = None) -> str:
     """A content hash of the claim graph: every claim (component, feature, whether its inputs are
     scrubbed) in creation order, and every edge (child, parent, port, positions) in insertion
-    order, which fixes the sampling order. Names of the hypothesis and its claims are labels and do
-    not count.
+    order, which fixes the sampling order, and the recorded model shape if any (it decides which
+    claims treeify as leaves, so it changes the draws). Names of the hypothesis and its claims are
+    labels and do not count.
 
     A feature counts by its name and its definition: with ``feature_values`` (``id(feature) ->
     class ids`` on the dataset the cell is scrubbed on) by the classes it makes there, which is
@@ -138,7 +139,10 @@ def hypothesis_fingerprint(h: Hypothesis, feature_values: Optional[Mapping[int, 
               for c in h.claims]
     edges = sorted(h.edges, key=lambda e: e.seq)
     links = [[index[e.child], index[e.parent], e.port, None if e.positions is None else list(e.positions)] for e in edges]
-    text = json.dumps({"claims": claims, "edges": links}, sort_keys=True)
+    parts = {"claims": claims, "edges": links}
+    if h.shape is not None:  # a recorded shape collapses complete claims: another random stream
+        parts["shape"] = repr(h.shape)
+    text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
