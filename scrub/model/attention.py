@@ -124,3 +124,20 @@ def mix(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: 
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # [b, h, pq, pk]
     return torch.matmul(weights, v)  # [b, h, pq, e]
+
+
+def _mix_small(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> Tensor:
+    """`mix` for every head at once, computed as masked ``baddbmm``, softmax, ``bmm`` where that
+    is faster than the fused kernel: small heads (``d_head <= 16``), several queries, no soft cap
+    or float32 / eager scores (those take `mix`). Equal to `mix` within float32 rounding."""
+    b, h, n_q, e = q.shape
+    if n_q == 1 or e > 16 or config.attn_softcap is not None or config.attn_fp32 or config.attn_eager or q_pos.ndim != 1:
+        return mix(config, layer, q, k, v, q_pos)
+    k = expand_kv(config, k, h)  # [b, h, pk, e]
+    v = expand_kv(config, v, h)  # [b, h, pk, e]
+    n_k = k.shape[2]
+    mask = attention_mask(config, layer, q_pos, n_k)  # [pq, pk] or None
+    bias = q.new_zeros(n_q, n_k) if mask is None else q.new_zeros(n_q, n_k).masked_fill_(~mask, float("-inf"))  # [pq, pk]
+    scale = 1.0 / float(config.layer_attn_scales[layer])
+    scores = torch.baddbmm(bias, q.reshape(b * h, n_q, e), k.reshape(b * h, n_k, e).transpose(1, 2), alpha=scale)  # [b*h, pq, pk]
+    return torch.bmm(torch.softmax(scores, dim=-1), v.reshape(b * h, n_k, e)).view(b, h, n_q, e)  # [b, h, pq, e]

@@ -24,8 +24,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from scrub.model import CleanPass, ModelView, attention
+from scrub.model.mlps import linear
 
-__all__ = ["resume", "after_attention", "after_layer", "head_block"]
+__all__ = ["resume", "resume_at", "after_attention", "after_layer", "head_block"]
 
 
 def after_attention(view: ModelView, base: CleanPass, layer: int) -> Tensor:
@@ -71,7 +72,7 @@ def _all_heads(view: ModelView, base: CleanPass, rows: Tensor, layer: int, x: Te
         v = torch.cat([base.head_v[layer][rows, :p0].transpose(1, 2), v], dim=2)  # [b, H, p0+len, e]
     z = attention.mix(view.config, layer, q, k, v, q_pos)  # [b, H, q, e]
     out = z.transpose(1, 2).flatten(2) @ view.W_O[layer].flatten(0, 1)  # [b, q, d]
-    return out + view.attn_bias(layer)
+    return view.attn_write(layer, out)
 
 
 def head_block(
@@ -107,7 +108,7 @@ def head_block(
                 v = torch.cat([base.head_v[layer][rows, :p0, h], v], dim=1)  # [b, p0+len, e]
             out = view.head_output(layer, h, q, k, v, q_pos)  # [b, q, d]
         total = out if total is None else total + out
-    return total + view.attn_bias(layer)  # [b, q, d]
+    return view.attn_write(layer, total)  # [b, q, d]
 
 
 def resume(
@@ -148,20 +149,151 @@ def resume(
         final_delta = final_delta[:, index]  # [b, r, d]
     if start >= n_layers:  # nothing left but the unembedding
         x = x[:, index]
+    parallel = view.config.parallel_blocks
     for current in range(start, n_layers):
         last = current == n_layers - 1
+        x_in = x[:, index] if last else x  # [b, q, d]
         if not (current == layer and stage == "mid"):
             q_index = index if last else None
             attn = head_block(view, base, rows, current, x, p0, q_index, heads_fixed.get(current))  # [b, q, d]
-            x = (x[:, index] if last else x) + attn  # [b, q, d]
-        elif last:
-            x = x[:, index]  # [b, r, d]
-        if not view.config.attn_only:
-            if current in mlp_fixed:
-                fixed = mlp_fixed[current]
-                x = x + (fixed[:, index] if last else fixed)  # [b, q, d]
-            else:
-                x = x + view.mlp(current, x)  # [b, q, d]
+        elif parallel:  # x is the layer's input; its attention is the base run's
+            attn = base.attn_out[current][rows, p0 : p0 + x.shape[1]]  # [b, n, d]
+            attn = attn[:, index] if last else attn  # [b, q, d]
+        else:  # x already holds this layer's attention
+            attn = None
+        if view.config.attn_only:
+            x = x_in if attn is None else x_in + attn  # [b, q, d]
+            continue
+        mid = x_in if attn is None or parallel else x_in + attn  # the MLP's input [b, q, d]
+        if current in mlp_fixed:
+            fixed = mlp_fixed[current]
+            out = fixed[:, index] if last else fixed  # [b, q, d]
+        else:
+            out = view.mlp(current, mid)  # [b, q, d]
+        # parallel: (attention + MLP) + the layer's input, the order the model adds in
+        x = (attn + out) + x_in if parallel else mid + out  # [b, q, d]
     if final_delta is not None:
         x = x + final_delta
     return view.unembed(x)  # [b, r, v]
+
+
+def _tokens(at: Tensor, p_end: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """The packed tokens of rows that are recomputed from position ``at[i]`` to ``p_end``:
+    ``(row, pos, first, p0)``: each token's row and absolute position (row-major, positions
+    ascending), the index of each row's first token, and the smallest ``at``."""
+    p0 = int(at.min())
+    offsets = torch.arange(p0, p_end + 1, device=at.device)  # [L]
+    row, off = (offsets[None, :] >= at[:, None]).nonzero(as_tuple=True)  # [T], [T]
+    lengths = p_end + 1 - at  # [b]
+    first = torch.cumsum(lengths, 0) - lengths  # [b]
+    return row, off + p0, first, p0
+
+
+def heads_major(base: CleanPass, n_keys: int) -> tuple[tuple[Tensor, Tensor, Tensor], ...]:
+    """Per layer, the base run's queries, keys and values at positions ``0..n_keys-1`` laid out
+    heads first, ``[n, H, n_keys, e]`` (contiguous): what `resume_at` starts each layer from."""
+    return tuple(
+        tuple(t[:, :n_keys].transpose(1, 2).contiguous() for t in (q, k, v))  # [n, H, P, e]
+        for q, k, v in zip(base.head_q, base.head_k, base.head_v)
+    )
+
+
+def _flat(row: Tensor, pos: Tensor, n_heads: int, n_pos: int) -> Tensor:
+    """Indices of tokens ``(row, pos)`` in a ``[b, H, n_pos, e]`` tensor flattened to
+    ``[b * H * n_pos, e]``, token-major: ``[t * H]``."""
+    heads = torch.arange(n_heads, device=row.device)  # [H]
+    return ((row[:, None] * n_heads + heads) * n_pos + pos[:, None]).flatten()  # [t*H]
+
+
+def resume_at(
+    view: ModelView,
+    base: CleanPass,
+    rows: Int[Tensor, "b"],
+    layer: int,
+    at: Int[Tensor, "b"],
+    x_at: Float[Tensor, "b d"],
+    read: Int[Tensor, "r"],
+    major: Optional[tuple[tuple[Tensor, Tensor, Tensor], ...]] = None,
+) -> Float[Tensor, "b r v"]:
+    """Logits at the absolute positions ``read`` (ascending) when the residual stream entering
+    ``layer`` (``n_layers``: the final stream) differs from row ``rows[i]`` of ``base`` at one
+    position only, ``at[i]``, where it holds ``x_at[i]``. Causal models only.
+
+    The arithmetic of `resume`, on less of it: only the positions ``at[i]..max(read)`` of row
+    ``i`` are recomputed, packed into one token list (rows with different ``at`` share a call
+    without recomputing the positions between them); in ``layer`` only position ``at[i]`` gets
+    new queries, keys and values (the others are the base run's); in the last layer only the
+    read positions. Attention runs on each row's padded keys and values, where the positions
+    a row does not recompute hold the base run's. Logits at read positions before ``at[i]``
+    are the base run's. ``major``: `heads_major` of ``base`` for ``max(read) + 1`` keys
+    (computed when not given)."""
+    c = view.config
+    dev = view.device
+    read = read.to(dev)
+    n_pos = base.resid_final.shape[1]
+    p_end = int(read.max())
+    n_keys, H = p_end + 1, c.n_heads
+    if major is None:
+        major = heads_major(base, n_keys)
+    b, r = rows.shape[0], read.shape[0]
+    row, pos, first, p0 = _tokens(at, p_end)  # [T] each
+    slot = torch.full((n_pos,), -1, dtype=torch.long, device=dev)  # position -> read index
+    slot[read] = torch.arange(r, device=dev)
+    at_read = (slot[pos] >= 0).nonzero().flatten()  # [Tr] the tokens whose logits are read
+    q_read = read[read >= p0]  # [Lr] the last layer's query positions
+    stream = base.resid_pre[layer] if layer < c.n_layers else base.resid_final  # [n, n_pos, d]
+    x = stream.flatten(0, 1).index_select(0, rows[row] * n_pos + pos)  # [T, d]
+    x.index_copy_(0, first, x_at)
+    kv_all = _flat(row, pos, H, n_keys)  # [T*H] into [b, H, P, e]
+    q_mid = _flat(row, pos - p0, H, n_keys - p0)  # [T*H] into [b, H, L, e]
+    q_last = _flat(row[at_read], torch.searchsorted(q_read, pos[at_read]), H, len(q_read))  # [Tr*H] into [b, H, Lr, e]
+    kv_first = kv_all.view(-1, H)[first].flatten()  # [b*H]
+    q_first = q_mid.view(-1, H)[first].flatten()  # [b*H]
+    first_read = slot[at] >= 0  # [b] rows whose first token is read
+    new = first  # the tokens whose input to the current layer is not the base run's
+    for current in range(layer, c.n_layers):
+        last = current == c.n_layers - 1
+        picked = slice(None) if new is None else new
+        q, k, v = view._qkv(current, x[picked], pos[picked])  # [t, H, e], [t, Hk, e], [t, Hk, e]
+        if k.shape[1] != H:  # grouped key/value heads: one per query head, as base stores them
+            k, v = (t.repeat_interleave(c.kv_group, dim=1) for t in (k, v))  # [t, H, e]
+        base_q, base_k, base_v = major[current]  # [n, H, P, e]
+        # the base run's keys and values, with the new tokens' put in
+        into = kv_all if new is None else kv_first
+        k_all = base_k.index_select(0, rows)  # [b, H, P, e]
+        v_all = base_v.index_select(0, rows)  # [b, H, P, e]
+        k_all.view(-1, k.shape[-1]).index_copy_(0, into, k.reshape(-1, k.shape[-1]))
+        v_all.view(-1, v.shape[-1]).index_copy_(0, into, v.reshape(-1, v.shape[-1]))
+        # queries at the recomputed positions (the last layer: at the read ones): the base
+        # run's where the input is the base run's (the first layer), the new ones elsewhere
+        if last:
+            q_pos = q_read
+            q_all = base_q.index_select(0, rows).index_select(2, q_read) if new is not None else q.new_zeros(b, H, len(q_read), q.shape[-1])  # [b, H, Lr, e]
+            if new is None:
+                q_all.view(-1, q.shape[-1]).index_copy_(0, q_last, q.index_select(0, at_read).reshape(-1, q.shape[-1]))
+            elif bool(first_read.any()):
+                sel = first_read.nonzero().flatten()  # rows whose new first token is read
+                q_idx = _flat(sel, torch.searchsorted(q_read, at[sel]), H, len(q_read))
+                q_all.view(-1, q.shape[-1]).index_copy_(0, q_idx, q.index_select(0, sel).reshape(-1, q.shape[-1]))
+            out_idx = q_last
+        else:
+            q_pos = torch.arange(p0, n_keys, device=dev)  # [L]
+            q_all = base_q[:, :, p0:].index_select(0, rows) if new is not None else q.new_zeros(b, H, len(q_pos), q.shape[-1])  # [b, H, L, e]
+            q_all.view(-1, q.shape[-1]).index_copy_(0, q_mid if new is None else q_first, q.reshape(-1, q.shape[-1]))
+            out_idx = q_mid
+        z = attention._mix_small(c, current, q_all, k_all, v_all, q_pos)  # [b, H, Lq, e]
+        z = z.reshape(-1, z.shape[-1]).index_select(0, out_idx).view(-1, H * z.shape[-1])  # [t, H*e]
+        attn = view.attn_write(current, linear(z, view.W_O[current].flatten(0, 1), view.b_O[current]), with_bias=False)  # [t, d]
+        x_in = x if not last else x.index_select(0, at_read)  # [t, d]
+        if c.attn_only:
+            x = x_in + attn
+        elif c.parallel_blocks:  # attention and MLP both read the layer's input
+            x = (attn + view.mlp(current, x_in)) + x_in
+        else:
+            mid = x_in + attn  # [t, d]
+            x = mid + view.mlp(current, mid)  # [t, d]
+        new = None
+    final = x if layer < c.n_layers else x.index_select(0, at_read)  # [Tr, d] the read tokens
+    logits = base.logits.index_select(1, read).index_select(0, rows)  # [b, r, v]
+    logits.flatten(0, 1).index_copy_(0, row[at_read] * r + slot[pos[at_read]], view.unembed(final))
+    return logits
