@@ -139,9 +139,18 @@ TOKENS = 2048  # about how many (row, position) tokens one `resume_at` call reco
 def _stream_at(view: ModelView, passes: Passes, sites: Sequence[Site], rows: Tensor) -> Tensor:
     """The patched residual stream at each site's position where `resume_at` takes it up: the
     input of the site's layer (residual stream), or of the next layer (head, query, MLP: the
-    rest of the layer run at that position only). ``[len(sites) * len(rows), d]``."""
-    x = torch.cat([_patched_stream(view, passes, s, rows, s.position, s.position)[:, 0] for s in sites])  # [c*n, d]
+    rest of the layer run at that position only). ``[len(sites) * len(rows), d]``; the sites
+    share their layer and start (`_start`)."""
     layer, stage, _ = _start(view, sites[0], 0)
+    if all(s.kind == "head" for s in sites):  # `_patched_stream` at one position, for every site at once
+        base, src = passes.base, passes.source
+        at = torch.tensor([s.position for s in sites], device=view.device)  # [c]
+        heads = torch.tensor([s.head for s in sites], device=view.device)  # [c]
+        delta = src.head_out[layer][rows[:, None], at, heads] - base.head_out[layer][rows[:, None], at, heads]  # [n, c, d]
+        after = after_layer if view.config.parallel_blocks else after_attention
+        x = (after(view, base, layer)[rows[:, None], at] + delta).transpose(0, 1).flatten(0, 1)  # [c*n, d]
+    else:
+        x = torch.cat([_patched_stream(view, passes, s, rows, s.position, s.position)[:, 0] for s in sites])  # [c*n, d]
     if stage != "mid" or view.config.attn_only:
         return x
     return x + view.mlp(layer, x)  # [c*n, d]
@@ -196,21 +205,22 @@ def patched_metrics(
     p_end = int(read.max()) if view.config.causal else data.n_pos - 1
     out = torch.empty(len(cells), n, dtype=torch.float64)
     groups: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
-    at_one: dict[int, list[tuple[int, int]]] = defaultdict(list)  # first layer -> (position, cell)
+    at_one: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)  # (layer, stage) -> (position, cell)
     for i, site in enumerate(cells):
         layer, stage, p0 = _start(view, site, p_end)
         if p0 > p_end:  # a causal model: nothing the metric reads can see this patch
             out[i] = passes.base_metric
             continue
         if FAST and view.config.causal and site.position is not None and site.kind in ONE_POSITION:
-            at_one[layer if stage == "pre" else layer + 1].append((site.position, i))
+            at_one[(layer, stage)].append((site.position, i))
             continue
         single = stage == "mid" and site.kind in ("head", "q") and site.position is not None
         groups[(layer, stage, single and not view.config.attn_only)].append((p0, i))
     all_rows = torch.arange(n, device=view.device)
     with torch.no_grad():
         major = heads_major(passes.base, p_end + 1) if at_one else ()
-        for first, members in at_one.items():
+        for (layer, stage), members in at_one.items():
+            first = layer if stage == "pre" else layer + 1  # the first layer recomputed
             for chunk in _token_chunks(sorted(members), n, p_end, batch_rows):
                 rows = all_rows.repeat(len(chunk))  # [c*n]
                 at = torch.tensor([cells[i].position for i in chunk], device=view.device).repeat_interleave(n)  # [c*n]
