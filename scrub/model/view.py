@@ -33,6 +33,14 @@ from scrub.model.weights import expected_shapes, weights_from_hooked
 
 __all__ = ["ModelView", "CleanPass"]
 
+# In-place forms of `scrub.model.mlps.ACTIVATIONS` (the same kernels), for `ModelView._mlp_into`.
+_IN_PLACE = {
+    "relu": torch.relu_,
+    "gelu": lambda h: torch.ops.aten.gelu_(h),
+    "gelu_pytorch_tanh": lambda h: torch.ops.aten.gelu_(h, approximate="tanh"),
+    "silu": lambda h: torch.nn.functional.silu(h, inplace=True),
+}
+
 
 @attrs.frozen(eq=False)
 class ModelView:
@@ -445,6 +453,24 @@ class ModelView:
         if c.post_norms:
             assert self.ln_mlp_out_w is not None
             out = self._norm(out, self.ln_mlp_out_w[layer], None)  # [b, p, d_model]
+        return out
+
+    def _mlp_into(self, layer: int, x: Tensor, hidden: Tensor, out: Tensor) -> Tensor:
+        """`mlp` of tokens ``x [t, d]`` computed into the given buffers (``hidden [t, d_mlp]``,
+        ``out [t, d]``, returned), the activation in place: the same arithmetic without
+        allocating (a sweep's many calls then reuse memory). Plain MLPs with an activation that
+        has an in-place form (`_IN_PLACE`); anything else is `mlp`."""
+        c = self.config
+        act = _IN_PLACE.get(c.act_fn or "relu")
+        if act is None or c.gated_mlp or self.W_in is None or self.b_in is None or self.b_out is None:
+            return self.mlp(layer, x)
+        assert self.W_out is not None
+        x_n = self._layer_norm("ln2", layer, x)  # [t, d_model]
+        act(torch.addmm(self.b_in[layer], x_n, self.W_in[layer], out=hidden))  # [t, d_mlp]
+        torch.addmm(self.b_out[layer], hidden, self.W_out[layer], out=out)  # [t, d_model]
+        if c.post_norms:
+            assert self.ln_mlp_out_w is not None
+            return self._norm(out, self.ln_mlp_out_w[layer], None)  # [t, d_model]
         return out
 
     def attn_write(

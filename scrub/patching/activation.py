@@ -219,13 +219,14 @@ def patched_metrics(
     all_rows = torch.arange(n, device=view.device)
     with torch.no_grad():
         major = heads_major(passes.base, p_end + 1) if at_one else ()
+        work: dict = {}  # buffers the calls share
         for (layer, stage), members in at_one.items():
             first = layer if stage == "pre" else layer + 1  # the first layer recomputed
             for chunk in _token_chunks(sorted(members), n, p_end, batch_rows):
                 rows = all_rows.repeat(len(chunk))  # [c*n]
                 at = torch.tensor([cells[i].position for i in chunk], device=view.device).repeat_interleave(n)  # [c*n]
                 x_at = _stream_at(view, passes, [cells[i] for i in chunk], all_rows)  # [c*n, d]
-                logits = resume_at(view, passes.base, rows, first, at, x_at, read, major)  # [c*n, r, v]
+                logits = resume_at(view, passes.base, rows, first, at, x_at, read, major, work)  # [c*n, r, v]
                 values = _score_at(inputs, passes, rows, read, torch.ones_like(read, dtype=torch.bool), logits)
                 out[chunk] = values.reshape(len(chunk), n).cpu()
         for (layer, stage, single), members in groups.items():

@@ -205,6 +205,14 @@ def _flat(row: Tensor, pos: Tensor, n_heads: int, n_pos: int) -> Tensor:
     return ((row[:, None] * n_heads + heads) * n_pos + pos[:, None]).flatten()  # [t*H]
 
 
+def _buffer(work: dict, name: str, rows: int, like: Tensor, cols: int) -> Tensor:
+    """A ``[rows, cols]`` slice of the reusable buffer ``work[name]`` (grown when too small)."""
+    buf = work.get(name)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != like.dtype:
+        buf = work[name] = like.new_empty(rows, cols)
+    return buf[:rows]
+
+
 def resume_at(
     view: ModelView,
     base: CleanPass,
@@ -214,6 +222,7 @@ def resume_at(
     x_at: Float[Tensor, "b d"],
     read: Int[Tensor, "r"],
     major: Optional[tuple[tuple[Tensor, Tensor, Tensor], ...]] = None,
+    work: Optional[dict] = None,
 ) -> Float[Tensor, "b r v"]:
     """Logits at the absolute positions ``read`` (ascending) when the residual stream entering
     ``layer`` (``n_layers``: the final stream) differs from row ``rows[i]`` of ``base`` at one
@@ -226,7 +235,8 @@ def resume_at(
     read positions. Attention runs on each row's padded keys and values, where the positions
     a row does not recompute hold the base run's. Logits at read positions before ``at[i]``
     are the base run's. ``major``: `heads_major` of ``base`` for ``max(read) + 1`` keys
-    (computed when not given)."""
+    (computed when not given); ``work``: buffers reused across calls (a dict, kept by the
+    caller between calls)."""
     c = view.config
     dev = view.device
     read = read.to(dev)
@@ -235,6 +245,7 @@ def resume_at(
     n_keys, H = p_end + 1, c.n_heads
     if major is None:
         major = heads_major(base, n_keys)
+    work = {} if work is None else work
     b, r = rows.shape[0], read.shape[0]
     row, pos, first, p0 = _tokens(at, p_end)  # [T] each
     slot = torch.full((n_pos,), -1, dtype=torch.long, device=dev)  # position -> read index
@@ -287,11 +298,15 @@ def resume_at(
         x_in = x if not last else x.index_select(0, at_read)  # [t, d]
         if c.attn_only:
             x = x_in + attn
-        elif c.parallel_blocks:  # attention and MLP both read the layer's input
-            x = (attn + view.mlp(current, x_in)) + x_in
+            new = None
+            continue
+        t = x_in.shape[0]
+        hidden, out = _buffer(work, "hidden", t, x, c.d_mlp), _buffer(work, "mlp", t, x, c.d_model)
+        if c.parallel_blocks:  # attention and MLP both read the layer's input
+            x = (attn + view._mlp_into(current, x_in, hidden, out)) + x_in
         else:
             mid = x_in + attn  # [t, d]
-            x = mid + view.mlp(current, mid)  # [t, d]
+            x = mid + view._mlp_into(current, mid, hidden, out)  # [t, d]
         new = None
     final = x if layer < c.n_layers else x.index_select(0, at_read)  # [Tr, d] the read tokens
     logits = base.logits.index_select(1, read).index_select(0, rows)  # [b, r, v]
