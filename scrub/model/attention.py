@@ -18,6 +18,7 @@ clean pass, and evaluate queries at some positions only (``q_pos``).
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -126,10 +127,25 @@ def mix(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: 
     return torch.matmul(weights, v)  # [b, h, pq, e]
 
 
-def _mix_small(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> Tensor:
+def _scratch(work: Optional[dict], name: str, shape: tuple, like: Tensor) -> Tensor:
+    """An uninitialised ``shape`` tensor: a view of the reusable buffer ``work[name]`` (grown
+    when too small), or a new tensor when ``work`` is None."""
+    if work is None:
+        return like.new_empty(shape)
+    numel = math.prod(shape)
+    buf = work.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        buf = work[name] = like.new_empty(numel)
+    return buf[:numel].view(shape)
+
+
+def _mix_small(
+    config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, work: Optional[dict] = None
+) -> Tensor:
     """`mix` for every head at once, computed as masked ``baddbmm``, softmax, ``bmm`` where that
     is faster than the fused kernel: small heads (``d_head <= 16``), several queries, no soft cap
-    or float32 / eager scores (those take `mix`). Equal to `mix` within float32 rounding."""
+    or float32 / eager scores (those take `mix`). Equal to `mix` within float32 rounding.
+    ``work``: buffers to compute in (`_scratch`); the result is one of them."""
     b, h, n_q, e = q.shape
     if n_q == 1 or e > 16 or config.attn_softcap is not None or config.attn_fp32 or config.attn_eager or q_pos.ndim != 1:
         return mix(config, layer, q, k, v, q_pos)
@@ -139,5 +155,8 @@ def _mix_small(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, 
     mask = attention_mask(config, layer, q_pos, n_k)  # [pq, pk] or None
     bias = q.new_zeros(n_q, n_k) if mask is None else q.new_zeros(n_q, n_k).masked_fill_(~mask, float("-inf"))  # [pq, pk]
     scale = 1.0 / float(config.layer_attn_scales[layer])
-    scores = torch.baddbmm(bias, q.reshape(b * h, n_q, e), k.reshape(b * h, n_k, e).transpose(1, 2), alpha=scale)  # [b*h, pq, pk]
-    return torch.bmm(torch.softmax(scores, dim=-1), v.reshape(b * h, n_k, e)).view(b, h, n_q, e)  # [b, h, pq, e]
+    scores = _scratch(work, "scores", (b * h, n_q, n_k), q)  # [b*h, pq, pk]
+    torch.baddbmm(bias, q.reshape(b * h, n_q, e), k.reshape(b * h, n_k, e).transpose(1, 2), alpha=scale, out=scores)
+    weights = torch.softmax(scores, dim=-1, out=_scratch(work, "weights", scores.shape, q))  # [b*h, pq, pk]
+    z = torch.bmm(weights, v.reshape(b * h, n_k, e), out=_scratch(work, "z", (b * h, n_q, e), q))  # [b*h, pq, e]
+    return z.view(b, h, n_q, e)  # [b, h, pq, e]

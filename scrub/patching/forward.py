@@ -205,14 +205,6 @@ def _flat(row: Tensor, pos: Tensor, n_heads: int, n_pos: int) -> Tensor:
     return ((row[:, None] * n_heads + heads) * n_pos + pos[:, None]).flatten()  # [t*H]
 
 
-def _buffer(work: dict, name: str, rows: int, like: Tensor, cols: int) -> Tensor:
-    """A ``[rows, cols]`` slice of the reusable buffer ``work[name]`` (grown when too small)."""
-    buf = work.get(name)
-    if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != like.dtype:
-        buf = work[name] = like.new_empty(rows, cols)
-    return buf[:rows]
-
-
 def resume_at(
     view: ModelView,
     base: CleanPass,
@@ -262,50 +254,53 @@ def resume_at(
     q_first = q_mid.view(-1, H)[first].flatten()  # [b*H]
     first_read = slot[at] >= 0  # [b] rows whose first token is read
     new = first  # the tokens whose input to the current layer is not the base run's
+    scratch = attention._scratch
     for current in range(layer, c.n_layers):
         last = current == c.n_layers - 1
         picked = slice(None) if new is None else new
         q, k, v = view._qkv(current, x[picked], pos[picked])  # [t, H, e], [t, Hk, e], [t, Hk, e]
         if k.shape[1] != H:  # grouped key/value heads: one per query head, as base stores them
             k, v = (t.repeat_interleave(c.kv_group, dim=1) for t in (k, v))  # [t, H, e]
+        e = q.shape[-1]
         base_q, base_k, base_v = major[current]  # [n, H, P, e]
         # the base run's keys and values, with the new tokens' put in
         into = kv_all if new is None else kv_first
-        k_all = base_k.index_select(0, rows)  # [b, H, P, e]
-        v_all = base_v.index_select(0, rows)  # [b, H, P, e]
-        k_all.view(-1, k.shape[-1]).index_copy_(0, into, k.reshape(-1, k.shape[-1]))
-        v_all.view(-1, v.shape[-1]).index_copy_(0, into, v.reshape(-1, v.shape[-1]))
+        k_all = torch.index_select(base_k, 0, rows, out=scratch(work, "k", (b,) + base_k.shape[1:], k))  # [b, H, P, e]
+        v_all = torch.index_select(base_v, 0, rows, out=scratch(work, "v", (b,) + base_v.shape[1:], v))  # [b, H, P, e]
+        k_all.view(-1, e).index_copy_(0, into, k.reshape(-1, e))
+        v_all.view(-1, e).index_copy_(0, into, v.reshape(-1, e))
         # queries at the recomputed positions (the last layer: at the read ones): the base
         # run's where the input is the base run's (the first layer), the new ones elsewhere
         if last:
             q_pos = q_read
-            q_all = base_q.index_select(0, rows).index_select(2, q_read) if new is not None else q.new_zeros(b, H, len(q_read), q.shape[-1])  # [b, H, Lr, e]
+            q_all = base_q.index_select(0, rows).index_select(2, q_read) if new is not None else scratch(work, "q", (b, H, len(q_read), e), q).zero_()  # [b, H, Lr, e]
             if new is None:
-                q_all.view(-1, q.shape[-1]).index_copy_(0, q_last, q.index_select(0, at_read).reshape(-1, q.shape[-1]))
+                q_all.view(-1, e).index_copy_(0, q_last, q.index_select(0, at_read).reshape(-1, e))
             elif bool(first_read.any()):
                 sel = first_read.nonzero().flatten()  # rows whose new first token is read
                 q_idx = _flat(sel, torch.searchsorted(q_read, at[sel]), H, len(q_read))
-                q_all.view(-1, q.shape[-1]).index_copy_(0, q_idx, q.index_select(0, sel).reshape(-1, q.shape[-1]))
+                q_all.view(-1, e).index_copy_(0, q_idx, q.index_select(0, sel).reshape(-1, e))
             out_idx = q_last
         else:
             q_pos = torch.arange(p0, n_keys, device=dev)  # [L]
-            q_all = base_q[:, :, p0:].index_select(0, rows) if new is not None else q.new_zeros(b, H, len(q_pos), q.shape[-1])  # [b, H, L, e]
-            q_all.view(-1, q.shape[-1]).index_copy_(0, q_mid if new is None else q_first, q.reshape(-1, q.shape[-1]))
+            q_all = base_q[:, :, p0:].index_select(0, rows) if new is not None else scratch(work, "q", (b, H, len(q_pos), e), q).zero_()  # [b, H, L, e]
+            q_all.view(-1, e).index_copy_(0, q_mid if new is None else q_first, q.reshape(-1, e))
             out_idx = q_mid
-        z = attention._mix_small(c, current, q_all, k_all, v_all, q_pos)  # [b, H, Lq, e]
-        z = z.reshape(-1, z.shape[-1]).index_select(0, out_idx).view(-1, H * z.shape[-1])  # [t, H*e]
-        attn = view.attn_write(current, linear(z, view.W_O[current].flatten(0, 1), view.b_O[current]), with_bias=False)  # [t, d]
+        z = attention._mix_small(c, current, q_all, k_all, v_all, q_pos, work)  # [b, H, Lq, e]
+        z = torch.index_select(z.reshape(-1, e), 0, out_idx, out=scratch(work, "zt", (len(out_idx), e), z)).view(-1, H * e)  # [t, H*e]
+        heads = torch.addmm(view.b_O[current], z, view.W_O[current].flatten(0, 1), out=scratch(work, "heads", (z.shape[0], c.d_model), z))  # [t, d]
+        attn = view.attn_write(current, heads, with_bias=False)  # [t, d]
         x_in = x if not last else x.index_select(0, at_read)  # [t, d]
         if c.attn_only:
             x = x_in + attn
             new = None
             continue
         t = x_in.shape[0]
-        hidden, out = _buffer(work, "hidden", t, x, c.d_mlp), _buffer(work, "mlp", t, x, c.d_model)
+        hidden, out = scratch(work, "hidden", (t, c.d_mlp), x), scratch(work, "mlp", (t, c.d_model), x)
         if c.parallel_blocks:  # attention and MLP both read the layer's input
             x = (attn + view._mlp_into(current, x_in, hidden, out)) + x_in
         else:
-            mid = x_in + attn  # [t, d]
+            mid = torch.add(x_in, attn, out=scratch(work, "mid", x_in.shape, x))  # [t, d]
             x = mid + view._mlp_into(current, mid, hidden, out)  # [t, d]
         new = None
     final = x if layer < c.n_layers else x.index_select(0, at_read)  # [Tr, d] the read tokens
