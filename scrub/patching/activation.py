@@ -3,7 +3,10 @@
 `activation_patch` runs the clean and the corrupted rows once each (`ModelView.clean_pass`), then
 evaluates every cell of the sweep (a site, optionally at one position) by continuing the base run
 from the patched point only (`scrub.patching.forward.resume`). Cells that start at the same point
-share a batched call: their rows are stacked along the batch axis.
+share a batched call: their rows are stacked along the batch axis. Cells that change the stream
+at one position of a causal model (a head's output, a query, the residual stream or an MLP's
+output, by position) take `scrub.patching.forward.resume_at` instead: calls of about `TOKENS`
+recomputed (row, position) tokens, cells of different positions packed together.
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def _patched_stream(view: ModelView, passes: Passes, site: Site, rows: Tensor, p
 #: Cells of one position whose patched stream differs from the base run at that position only, up
 #: to the next layer: continued by `resume_at` (a causal model; off: every cell through `resume`).
 ONE_POSITION = ("head", "q", "resid", "mlp")
-FAST = True
+FAST = True  # False: every cell through `resume` (tests/test_patching_fast.py compares the two)
 TOKENS = 2048  # about how many (row, position) tokens one `resume_at` call recomputes
 
 

@@ -13,6 +13,13 @@ layer's attention and its MLP). `resume` recomputes the model from there, built 
 
 Rows of one call may be different patches of different data rows (``rows`` says which row of
 the base run each one continues): that is how many patches share one batched call.
+
+`resume_at` is the same continuation for the commonest cells of a sweep, a patch that changes
+the stream at ONE position up to the next layer (a head's output, a query, the residual stream
+or an MLP's output at one position): each row is recomputed from its own position (rows of
+different positions are packed into one token list, nothing between them recomputed), the
+first layer gets new queries, keys and values at that position only, and the work runs in
+buffers the calls of a sweep share. ``tests/test_patching_fast.py`` holds it equal to `resume`.
 """
 
 from __future__ import annotations
@@ -131,8 +138,9 @@ def resume(
         base: the stored pass the patched rows continue (keys/values before ``p0``).
         rows: for each row of ``x``, its row in ``base``.
         layer, stage: where ``x`` sits: ``"pre"`` (the input of ``layer``), ``"mid"`` (after the
-            heads of ``layer``, before its MLP) or ``"post"`` (after ``layer``; ``layer`` may be
-            ``n_layers - 1``, then ``x`` is the final stream).
+            heads of ``layer``, before its MLP; with parallel blocks the MLP's input, which is
+            the layer's input, and the layer's attention is the base run's) or ``"post"``
+            (after ``layer``; ``layer`` may be ``n_layers - 1``, then ``x`` is the final stream).
         x: the residual stream at positions ``p0..p0+n-1``; it must reach ``max(read)``.
         p0: the first position held in ``x`` (0 for a non-causal model).
         read: absolute positions whose logits are returned.
@@ -258,7 +266,9 @@ def resume_at(
     for current in range(layer, c.n_layers):
         last = current == c.n_layers - 1
         picked = slice(None) if new is None else new
-        q, k, v = view._qkv(current, x[picked], pos[picked])  # [t, H, e], [t, Hk, e], [t, Hk, e]
+        x_new = x[picked]  # [t, d]
+        n_qkv = c.n_heads * c.d_head + 2 * view.W_K.shape[1] * c.d_head
+        q, k, v = view._qkv(current, x_new, pos[picked], scratch(work, "qkv", (x_new.shape[0], n_qkv), x))  # [t, H, e], [t, Hk, e], [t, Hk, e]
         if k.shape[1] != H:  # grouped key/value heads: one per query head, as base stores them
             k, v = (t.repeat_interleave(c.kv_group, dim=1) for t in (k, v))  # [t, H, e]
         e = q.shape[-1]
