@@ -143,11 +143,13 @@ def _mix_small(
     config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, work: Optional[dict] = None
 ) -> Tensor:
     """`mix` for every head at once, computed as masked ``baddbmm``, softmax, ``bmm`` where that
-    is faster than the fused kernel: small heads (``d_head <= 16``), several queries, no soft cap
-    or float32 / eager scores (those take `mix`). Equal to `mix` within float32 rounding.
+    is faster than the fused kernel: small heads (``d_head <= 16``), several queries, float32 or
+    float64, no soft cap or float32 / eager scores (the rest takes `mix`). Equal to `mix` within
+    float32 rounding.
     ``work``: buffers to compute in (`_scratch`); the result is one of them."""
     b, h, n_q, e = q.shape
-    if n_q == 1 or e > 16 or config.attn_softcap is not None or config.attn_fp32 or config.attn_eager or q_pos.ndim != 1:
+    small = n_q > 1 and e <= 16 and q.dtype in (torch.float32, torch.float64) and q_pos.ndim == 1
+    if not small or config.attn_softcap is not None or config.attn_fp32 or config.attn_eager:
         return mix(config, layer, q, k, v, q_pos)
     k = expand_kv(config, k, h)  # [b, h, pk, e]
     v = expand_kv(config, v, h)  # [b, h, pk, e]

@@ -30,8 +30,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from scrub.errors import ScheduleError
 from scrub.model import CleanPass, ModelView, attention
-from scrub.model.mlps import linear
 
 __all__ = ["resume", "resume_at", "after_attention", "after_layer", "head_block"]
 
@@ -238,6 +238,8 @@ def resume_at(
     (computed when not given); ``work``: buffers reused across calls (a dict, kept by the
     caller between calls)."""
     c = view.config
+    if not c.causal:
+        raise ScheduleError("resume_at continues a causal model only (a patch at one position reaches every position of a bidirectional one); use resume")
     dev = view.device
     read = read.to(dev)
     n_pos = base.resid_final.shape[1]
