@@ -216,23 +216,30 @@ class ModelView:
             y = rotate(y, positions, c.rotary_dim, c.rotary_base, c.rotary_pairing, self.rotary_inv_freq)  # [b, h, p, e]
         return y
 
-    def _qkv(self, layer: int, x: Tensor, positions: Tensor, out: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv_weights(self, layer: int) -> tuple[Tensor, Tensor]:
+        """``W_Q``, ``W_K``, ``W_V`` of ``layer`` side by side, ``[d, (H + 2 Hk) e]``, and their
+        biases ``[(H + 2 Hk) e]``: one matmul gives every head's q, k and v."""
+        W = torch.cat([self.W_Q[layer], self.W_K[layer], self.W_V[layer]])  # [H + 2 Hk, d, e]
+        b = torch.cat([self.b_Q[layer], self.b_K[layer], self.b_V[layer]])  # [H + 2 Hk, e]
+        return W.permute(1, 0, 2).reshape(W.shape[1], -1), b.flatten()
+
+    def _qkv(
+        self, layer: int, x: Tensor, positions: Tensor, out: Optional[Tensor] = None, weights: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """q, k and v of every head of ``layer`` for single residual-stream vectors ``x [t, d]``
         at ``positions [t]``: ``[t, H, e]``, ``[t, Hk, e]``, ``[t, Hk, e]``. What `_port` gives
         for each port, with one matmul for the three ports where they read the same input (not
         shortformer, whose q and k add ``W_pos``), computed into ``out [t, (H + 2 Hk) e]`` when
-        given (the results are views of it)."""
+        given (the results are views of it); ``weights``: `_qkv_weights` of ``layer``."""
         c = self.config
         x_n = self._ln1(layer, x)[:, None]  # [t, 1, d]
         pos = positions[:, None]  # [t, 1]
         if c.positional == "shortformer":
             q, k, v = (self._port(layer, slice(None), port, x_n, pos) for port in ("q", "k", "v"))  # [t, h, 1, e]
             return q[:, :, 0], k[:, :, 0], v[:, :, 0]
-        W = torch.cat([self.W_Q[layer], self.W_K[layer], self.W_V[layer]])  # [H + 2 Hk, d, e]
-        b = torch.cat([self.b_Q[layer], self.b_K[layer], self.b_V[layer]])  # [H + 2 Hk, e]
-        n_h, e = W.shape[0], W.shape[2]
-        y = torch.addmm(b.reshape(n_h * e), x_n[:, 0], W.permute(1, 0, 2).reshape(-1, n_h * e), out=out)  # [t, (H + 2 Hk) e]
-        y = y.view(-1, n_h, 1, e)  # [t, H + 2 Hk, 1, e] (as `attention.project` lays it out)
+        W, b = self._qkv_weights(layer) if weights is None else weights  # [d, (H + 2 Hk) e], [(H + 2 Hk) e]
+        y = torch.addmm(b, x_n[:, 0], W, out=out)  # [t, (H + 2 Hk) e]
+        y = y.view(x.shape[0], -1, 1, c.d_head)  # [t, H + 2 Hk, 1, e] (as `attention.project` lays it out)
         q, k, v = y.split([c.n_heads, self.W_K.shape[1], self.W_K.shape[1]], dim=1)  # [t, h, 1, e]
         if c.positional == "rotary":
             assert c.rotary_dim is not None  # checked by ViewConfig

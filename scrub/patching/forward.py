@@ -269,8 +269,11 @@ def resume_at(
         last = current == c.n_layers - 1
         picked = slice(None) if new is None else new
         x_new = x[picked]  # [t, d]
-        n_qkv = c.n_heads * c.d_head + 2 * view.W_K.shape[1] * c.d_head
-        q, k, v = view._qkv(current, x_new, pos[picked], scratch(work, "qkv", (x_new.shape[0], n_qkv), x))  # [t, H, e], [t, Hk, e], [t, Hk, e]
+        weights = work.get(("qkv", current))
+        if weights is None:
+            weights = work[("qkv", current)] = view._qkv_weights(current)
+        out_qkv = scratch(work, "qkv", (x_new.shape[0], weights[1].shape[0]), x)  # [t, (H + 2 Hk) e]
+        q, k, v = view._qkv(current, x_new, pos[picked], out_qkv, weights)  # [t, H, e], [t, Hk, e], [t, Hk, e]
         if k.shape[1] != H:  # grouped key/value heads: one per query head, as base stores them
             k, v = (t.repeat_interleave(c.kv_group, dim=1) for t in (k, v))  # [t, H, e]
         e = q.shape[-1]
