@@ -22,6 +22,7 @@ The three sweeps' per-cell metric means are checked to agree (float32 tolerance)
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import common  # noqa: F401  (sets sys.path)
@@ -53,6 +54,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(common.machine_banner())
+    print("load average (1, 5, 15 min) at the start: %.2f %.2f %.2f" % os.getloadavg())
     model = common.make_model(d_model=args.d_model, vocab=args.vocab, n_ctx=max(args.n_pos, 16), seed=0)
     data, corrupt = make_data(args.rows, args.n_pos, args.vocab, seed=1)
     right, wrong = data.targets[:, -1], data.extras["wrong_target"]
@@ -109,6 +111,7 @@ def main(argv=None) -> None:
     print(f"same numbers: TL {agree_tl}, hook loop {agree_loop} (largest gap {gap:.2e})")
     ok = agree_tl and agree_loop and min(t_tl, t_loop) / t_scrub >= 10
     print("goal >= 10x with the same numbers:", "MET" if ok else "NOT MET")
+    print("load average (1, 5, 15 min) at the end:   %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ clean pass, and evaluate queries at some positions only (``q_pos``).
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -124,3 +125,40 @@ def mix(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: 
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # [b, h, pq, pk]
     return torch.matmul(weights, v)  # [b, h, pq, e]
+
+
+def _scratch(work: Optional[dict], name: str, shape: tuple, like: Tensor) -> Tensor:
+    """An uninitialised ``shape`` tensor: a view of the reusable buffer ``work[name]`` (grown
+    when too small), or a new tensor when ``work`` is None."""
+    if work is None:
+        return like.new_empty(shape)
+    numel = math.prod(shape)
+    buf = work.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        buf = work[name] = like.new_empty(numel)
+    return buf[:numel].view(shape)
+
+
+def _mix_small(
+    config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, work: Optional[dict] = None
+) -> Tensor:
+    """`mix` for every head at once, computed as masked ``baddbmm``, softmax, ``bmm`` where that
+    is faster than the fused kernel: small heads (``d_head <= 16``), several queries, float32 or
+    float64, no soft cap or float32 / eager scores (the rest takes `mix`). Equal to `mix` within
+    float32 rounding.
+    ``work``: buffers to compute in (`_scratch`); the result is one of them."""
+    b, h, n_q, e = q.shape
+    small = n_q > 1 and e <= 16 and q.dtype in (torch.float32, torch.float64) and q_pos.ndim == 1
+    if not small or config.attn_softcap is not None or config.attn_fp32 or config.attn_eager:
+        return mix(config, layer, q, k, v, q_pos)
+    k = expand_kv(config, k, h)  # [b, h, pk, e]
+    v = expand_kv(config, v, h)  # [b, h, pk, e]
+    n_k = k.shape[2]
+    mask = attention_mask(config, layer, q_pos, n_k)  # [pq, pk] or None
+    bias = q.new_zeros(n_q, n_k) if mask is None else q.new_zeros(n_q, n_k).masked_fill_(~mask, float("-inf"))  # [pq, pk]
+    scale = 1.0 / float(config.layer_attn_scales[layer])
+    scores = _scratch(work, "scores", (b * h, n_q, n_k), q)  # [b*h, pq, pk]
+    torch.baddbmm(bias, q.reshape(b * h, n_q, e), k.reshape(b * h, n_k, e).transpose(1, 2), alpha=scale, out=scores)
+    weights = torch.softmax(scores, dim=-1, out=_scratch(work, "weights", scores.shape, q))  # [b*h, pq, pk]
+    z = torch.bmm(weights, v.reshape(b * h, n_k, e), out=_scratch(work, "z", (b * h, n_q, e), q))  # [b*h, pq, e]
+    return z.view(b, h, n_q, e)  # [b, h, pq, e]

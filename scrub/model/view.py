@@ -33,6 +33,14 @@ from scrub.model.weights import expected_shapes, weights_from_hooked
 
 __all__ = ["ModelView", "CleanPass"]
 
+# In-place forms of `scrub.model.mlps.ACTIVATIONS` (the same kernels), for `ModelView._mlp_into`.
+_IN_PLACE = {
+    "relu": torch.relu_,
+    "gelu": lambda h: torch.ops.aten.gelu_(h),
+    "gelu_pytorch_tanh": lambda h: torch.ops.aten.gelu_(h, approximate="tanh"),
+    "silu": lambda h: torch.nn.functional.silu(h, inplace=True),
+}
+
 
 @attrs.frozen(eq=False)
 class ModelView:
@@ -207,6 +215,36 @@ class ModelView:
             assert c.rotary_dim is not None  # checked by ViewConfig
             y = rotate(y, positions, c.rotary_dim, c.rotary_base, c.rotary_pairing, self.rotary_inv_freq)  # [b, h, p, e]
         return y
+
+    def _qkv_weights(self, layer: int) -> tuple[Tensor, Tensor]:
+        """``W_Q``, ``W_K``, ``W_V`` of ``layer`` side by side, ``[d, (H + 2 Hk) e]``, and their
+        biases ``[(H + 2 Hk) e]``: one matmul gives every head's q, k and v."""
+        W = torch.cat([self.W_Q[layer], self.W_K[layer], self.W_V[layer]])  # [H + 2 Hk, d, e]
+        b = torch.cat([self.b_Q[layer], self.b_K[layer], self.b_V[layer]])  # [H + 2 Hk, e]
+        return W.permute(1, 0, 2).reshape(W.shape[1], -1), b.flatten()
+
+    def _qkv(
+        self, layer: int, x: Tensor, positions: Tensor, out: Optional[Tensor] = None, weights: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k and v of every head of ``layer`` for single residual-stream vectors ``x [t, d]``
+        at ``positions [t]``: ``[t, H, e]``, ``[t, Hk, e]``, ``[t, Hk, e]``. What `_port` gives
+        for each port, with one matmul for the three ports where they read the same input (not
+        shortformer, whose q and k add ``W_pos``), computed into ``out [t, (H + 2 Hk) e]`` when
+        given (the results are views of it); ``weights``: `_qkv_weights` of ``layer``."""
+        c = self.config
+        x_n = self._ln1(layer, x)[:, None]  # [t, 1, d]
+        pos = positions[:, None]  # [t, 1]
+        if c.positional == "shortformer":
+            q, k, v = (self._port(layer, slice(None), port, x_n, pos) for port in ("q", "k", "v"))  # [t, h, 1, e]
+            return q[:, :, 0], k[:, :, 0], v[:, :, 0]
+        W, b = self._qkv_weights(layer) if weights is None else weights  # [d, (H + 2 Hk) e], [(H + 2 Hk) e]
+        y = torch.addmm(b, x_n[:, 0], W, out=out)  # [t, (H + 2 Hk) e]
+        y = y.view(x.shape[0], -1, 1, c.d_head)  # [t, H + 2 Hk, 1, e] (as `attention.project` lays it out)
+        q, k, v = y.split([c.n_heads, self.W_K.shape[1], self.W_K.shape[1]], dim=1)  # [t, h, 1, e]
+        if c.positional == "rotary":
+            assert c.rotary_dim is not None  # checked by ViewConfig
+            q, k = (rotate(t, pos, c.rotary_dim, c.rotary_base, c.rotary_pairing, self.rotary_inv_freq) for t in (q, k))
+        return q[:, :, 0], k[:, :, 0], v[:, :, 0]
 
     def _attend(
         self,
@@ -425,6 +463,24 @@ class ModelView:
         if c.post_norms:
             assert self.ln_mlp_out_w is not None
             out = self._norm(out, self.ln_mlp_out_w[layer], None)  # [b, p, d_model]
+        return out
+
+    def _mlp_into(self, layer: int, x: Tensor, hidden: Tensor, out: Tensor) -> Tensor:
+        """`mlp` of tokens ``x [t, d]`` computed into the given buffers (``hidden [t, d_mlp]``,
+        ``out [t, d]``, returned), the activation in place: the same arithmetic without
+        allocating (a sweep's many calls then reuse memory). Plain MLPs with an activation that
+        has an in-place form (`_IN_PLACE`); anything else is `mlp`."""
+        c = self.config
+        act = _IN_PLACE.get(c.act_fn or "relu")
+        if act is None or c.gated_mlp or self.W_in is None or self.b_in is None or self.b_out is None:
+            return self.mlp(layer, x)
+        assert self.W_out is not None
+        x_n = self._layer_norm("ln2", layer, x)  # [t, d_model]
+        act(torch.addmm(self.b_in[layer], x_n, self.W_in[layer], out=hidden))  # [t, d_mlp]
+        torch.addmm(self.b_out[layer], hidden, self.W_out[layer], out=out)  # [t, d_model]
+        if c.post_norms:
+            assert self.ln_mlp_out_w is not None
+            return self._norm(out, self.ln_mlp_out_w[layer], None)  # [t, d_model]
         return out
 
     def attn_write(

@@ -3,7 +3,10 @@
 `activation_patch` runs the clean and the corrupted rows once each (`ModelView.clean_pass`), then
 evaluates every cell of the sweep (a site, optionally at one position) by continuing the base run
 from the patched point only (`scrub.patching.forward.resume`). Cells that start at the same point
-share a batched call: their rows are stacked along the batch axis.
+share a batched call: their rows are stacked along the batch axis. Cells that change the stream
+at one position of a causal model (a head's output, a query, the residual stream or an MLP's
+output, by position) take `scrub.patching.forward.resume_at` instead: calls of about `TOKENS`
+recomputed (row, position) tokens, cells of different positions packed together.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from scrub.data import Dataset
 from scrub.errors import ScrubError
 from scrub.metrics import Metric
 from scrub.model import CleanPass, ModelView
-from scrub.patching.forward import after_attention, after_layer, resume
+from scrub.patching.forward import after_attention, after_layer, heads_major, resume, resume_at
 from scrub.patching.inputs import Inputs, prepare
 from scrub.patching.result import PatchingResult, build_result
 from scrub.patching.sites import Site, expand, resolve_positions, resolve_sites
@@ -83,14 +86,20 @@ def _mlp_at(view: ModelView, base: CleanPass, rows: Tensor, layer: int, x: Tenso
 
 
 def _start(view: ModelView, site: Site, p_end: int) -> tuple[int, str, int]:
-    """Where a patch of ``site`` starts the recomputation: (layer, stage, first position). A
-    parallel block's MLP does not read its heads, so a head patch there starts after the layer."""
+    """Where a patch of ``site`` starts the recomputation: (layer, stage, first position)."""
     p0 = 0 if site.position is None or not view.config.causal else site.position
     if site.kind == "resid":
         return site.layer, "pre", p0
-    if site.kind == "mlp" or view.config.parallel_blocks:
+    if site.kind == "mlp" or view.config.parallel_blocks:  # parallel: the MLP does not read the heads
         return site.layer, "post", p0
     return site.layer, "mid", p0
+
+
+def _mask(p: Optional[int], lo: int, hi: int, device) -> Tensor:
+    """``[1, hi-lo, 1]``: True where position ``lo + i`` is patched (every one when ``p`` is None)."""
+    span = torch.arange(lo, hi, device=device)
+    hit = torch.ones_like(span, dtype=torch.bool) if p is None else span == p
+    return hit[None, :, None]
 
 
 def _heads_changed(view: ModelView, base: CleanPass, layer: int, rows: Tensor, sl: slice, delta: Tensor) -> Tensor:
@@ -105,13 +114,6 @@ def _heads_changed(view: ModelView, base: CleanPass, layer: int, rows: Tensor, s
     return stream - base.attn_out[layer][rows, sl] + view.attn_write(layer, total + delta)  # [b, n, d]
 
 
-def _mask(p: Optional[int], lo: int, hi: int, device) -> Tensor:
-    """``[1, hi-lo, 1]``: True where position ``lo + i`` is patched (every one when ``p`` is None)."""
-    span = torch.arange(lo, hi, device=device)
-    hit = torch.ones_like(span, dtype=torch.bool) if p is None else span == p
-    return hit[None, :, None]
-
-
 def _patched_stream(view: ModelView, passes: Passes, site: Site, rows: Tensor, p0: int, p_end: int) -> Tensor:
     """The residual stream at the site's start point with the site patched ``[b, n, d]``."""
     base, src = passes.base, passes.source
@@ -123,6 +125,8 @@ def _patched_stream(view: ModelView, passes: Passes, site: Site, rows: Tensor, p
     if site.kind == "mlp":
         delta = src.mlp_out[layer][rows, sl] - base.mlp_out[layer][rows, sl]  # [b, n, d]
         return after_layer(view, base, layer)[rows, sl] + delta * mask
+    # a head's output changed: the layer's head sum changes (after the heads; parallel blocks:
+    # after the layer; post-norms: the patched sum re-normalised)
     if site.kind == "head":
         delta = src.head_out[layer][rows, sl, h] - base.head_out[layer][rows, sl, h]  # [b, n, d]
         return _heads_changed(view, base, layer, rows, sl, delta * mask)
@@ -138,6 +142,49 @@ def _patched_stream(view: ModelView, passes: Passes, site: Site, rows: Tensor, p
     out = view.head_output(layer, h, ports["q"][:, p0:], ports["k"], ports["v"], q_pos)  # [b, n, d]
     delta = out - base.head_out[layer][rows, sl, h]  # [b, n, d]
     return _heads_changed(view, base, layer, rows, sl, delta)
+
+
+#: Cells of one position whose patched stream differs from the base run at that position only, up
+#: to the next layer: continued by `resume_at` (a causal model; off: every cell through `resume`).
+ONE_POSITION = ("head", "q", "resid", "mlp")
+FAST = True  # False: every cell through `resume` (tests/test_patching_fast.py compares the two)
+TOKENS = 2048  # about how many (row, position) tokens one `resume_at` call recomputes
+
+
+def _stream_at(view: ModelView, passes: Passes, sites: Sequence[Site], rows: Tensor) -> Tensor:
+    """The patched residual stream at each site's position where `resume_at` takes it up: the
+    input of the site's layer (residual stream), or of the next layer (head, query, MLP: the
+    rest of the layer run at that position only). ``[len(sites) * len(rows), d]``; the sites
+    share their layer and start (`_start`)."""
+    layer, stage, _ = _start(view, sites[0], 0)
+    if all(s.kind == "head" for s in sites) and not view.config.post_norms:  # `_patched_stream` at one position, for every site at once
+        base, src = passes.base, passes.source
+        at = torch.tensor([s.position for s in sites], device=view.device)  # [c]
+        heads = torch.tensor([s.head for s in sites], device=view.device)  # [c]
+        delta = src.head_out[layer][rows[:, None], at, heads] - base.head_out[layer][rows[:, None], at, heads]  # [n, c, d]
+        after = after_layer if view.config.parallel_blocks else after_attention
+        x = (after(view, base, layer)[rows[:, None], at] + delta).transpose(0, 1).flatten(0, 1)  # [c*n, d]
+    else:
+        x = torch.cat([_patched_stream(view, passes, s, rows, s.position, s.position)[:, 0] for s in sites])  # [c*n, d]
+    if stage != "mid" or view.config.attn_only:
+        return x
+    return x + view.mlp(layer, x)  # [c*n, d]
+
+
+def _token_chunks(members: list[tuple[int, int]], n: int, p_end: int, batch_rows: int):
+    """Cells per `resume_at` call: sorted by position, at most `TOKENS` recomputed tokens (and
+    ``batch_rows`` rows) a call, at least one cell."""
+    chunk: list[int] = []
+    tokens = 0
+    for position, i in members:
+        cost = n * (p_end + 1 - position)
+        if chunk and (tokens + cost > TOKENS or (len(chunk) + 1) * n > batch_rows):
+            yield chunk
+            chunk, tokens = [], 0
+        chunk.append(i)
+        tokens += cost
+    if chunk:
+        yield chunk
 
 
 MIN_ROWS = 256  # a call with fewer rows than this takes in the cells of the next positions too
@@ -173,15 +220,30 @@ def patched_metrics(
     p_end = int(read.max()) if view.config.causal else data.n_pos - 1
     out = torch.empty(len(cells), n, dtype=torch.float64)
     groups: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
+    at_one: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)  # (layer, stage) -> (position, cell)
     for i, site in enumerate(cells):
         layer, stage, p0 = _start(view, site, p_end)
         if p0 > p_end:  # a causal model: nothing the metric reads can see this patch
             out[i] = passes.base_metric
             continue
+        if FAST and view.config.causal and site.position is not None and site.kind in ONE_POSITION:
+            at_one[(layer, stage)].append((site.position, i))
+            continue
         single = stage == "mid" and site.kind in ("head", "q") and site.position is not None
         groups[(layer, stage, single and not view.config.attn_only)].append((p0, i))
     all_rows = torch.arange(n, device=view.device)
     with torch.no_grad():
+        major = heads_major(passes.base, p_end + 1) if at_one else ()
+        work: dict = {}  # buffers the calls share
+        for (layer, stage), members in at_one.items():
+            first = layer if stage == "pre" else layer + 1  # the first layer recomputed
+            for chunk in _token_chunks(sorted(members), n, p_end, batch_rows):
+                rows = all_rows.repeat(len(chunk))  # [c*n]
+                at = torch.tensor([cells[i].position for i in chunk], device=view.device).repeat_interleave(n)  # [c*n]
+                x_at = _stream_at(view, passes, [cells[i] for i in chunk], all_rows)  # [c*n, d]
+                logits = resume_at(view, passes.base, rows, first, at, x_at, read, major, work)  # [c*n, r, v]
+                values = _score_at(inputs, passes, rows, read, torch.ones_like(read, dtype=torch.bool), logits)
+                out[chunk] = values.reshape(len(chunk), n).cpu()
         for (layer, stage, single), members in groups.items():
             for p0, chunk in _chunks(sorted(members), n, batch_rows):
                 rows = all_rows.repeat(len(chunk))  # [c*n]

@@ -13,6 +13,13 @@ layer's attention and its MLP). `resume` recomputes the model from there, built 
 
 Rows of one call may be different patches of different data rows (``rows`` says which row of
 the base run each one continues): that is how many patches share one batched call.
+
+`resume_at` is the same continuation for the commonest cells of a sweep, a patch that changes
+the stream at ONE position up to the next layer (a head's output, a query, the residual stream
+or an MLP's output at one position): each row is recomputed from its own position (rows of
+different positions are packed into one token list, nothing between them recomputed), the
+first layer gets new queries, keys and values at that position only, and the work runs in
+buffers the calls of a sweep share. ``tests/test_patching_fast.py`` holds it equal to `resume`.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from scrub.errors import ScheduleError
 from scrub.model import CleanPass, ModelView, attention
 
-__all__ = ["resume", "after_attention", "after_layer", "head_block"]
+__all__ = ["resume", "resume_at", "after_attention", "after_layer", "head_block"]
 
 
 def after_attention(view: ModelView, base: CleanPass, layer: int) -> Tensor:
@@ -130,9 +138,9 @@ def resume(
         base: the stored pass the patched rows continue (keys/values before ``p0``).
         rows: for each row of ``x``, its row in ``base``.
         layer, stage: where ``x`` sits: ``"pre"`` (the input of ``layer``), ``"mid"`` (after the
-            heads of ``layer``, before its MLP) or ``"post"`` (after ``layer``; ``layer`` may be
-            ``n_layers - 1``, then ``x`` is the final stream). A parallel-block model's MLP reads
-            the layer's input, not the stream after its heads: start those at ``"pre"`` or ``"post"``.
+            heads of ``layer``, before its MLP; with parallel blocks the MLP's input, which is
+            the layer's input, and the layer's attention is the base run's) or ``"post"``
+            (after ``layer``; ``layer`` may be ``n_layers - 1``, then ``x`` is the final stream).
         x: the residual stream at positions ``p0..p0+n-1``; it must reach ``max(read)``.
         p0: the first position held in ``x`` (0 for a non-causal model).
         read: absolute positions whose logits are returned.
@@ -149,21 +157,168 @@ def resume(
         final_delta = final_delta[:, index]  # [b, r, d]
     if start >= n_layers:  # nothing left but the unembedding
         x = x[:, index]
+    parallel = view.config.parallel_blocks
     for current in range(start, n_layers):
         last = current == n_layers - 1
-        x_in = x[:, index] if last else x  # [b, q, d] the layer's input (a parallel block's MLP reads it)
+        x_in = x[:, index] if last else x  # [b, q, d]
         if not (current == layer and stage == "mid"):
             q_index = index if last else None
             attn = head_block(view, base, rows, current, x, p0, q_index, heads_fixed.get(current))  # [b, q, d]
-            x = x_in + attn  # [b, q, d]
+        elif parallel:  # x is the layer's input; its attention is the base run's
+            attn = base.attn_out[current][rows, p0 : p0 + x.shape[1]]  # [b, n, d]
+            attn = attn[:, index] if last else attn  # [b, q, d]
+        else:  # x already holds this layer's attention
+            attn = None
+        if view.config.attn_only:
+            x = x_in if attn is None else x_in + attn  # [b, q, d]
+            continue
+        mid = x_in if attn is None or parallel else x_in + attn  # the MLP's input [b, q, d]
+        if current in mlp_fixed:
+            fixed = mlp_fixed[current]
+            out = fixed[:, index] if last else fixed  # [b, q, d]
         else:
-            x = x_in  # [b, r, d]
-        if not view.config.attn_only:
-            if current in mlp_fixed:
-                fixed = mlp_fixed[current]
-                x = x + (fixed[:, index] if last else fixed)  # [b, q, d]
-            else:
-                x = x + view.mlp(current, x_in if view.config.parallel_blocks else x)  # [b, q, d]
+            out = view.mlp(current, mid)  # [b, q, d]
+        # parallel: (attention + MLP) + the layer's input, the order the model adds in
+        x = (attn + out) + x_in if parallel else mid + out  # [b, q, d]
     if final_delta is not None:
         x = x + final_delta
     return view.unembed(x)  # [b, r, v]
+
+
+def _tokens(at: Tensor, p_end: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """The packed tokens of rows that are recomputed from position ``at[i]`` to ``p_end``:
+    ``(row, pos, first, p0)``: each token's row and absolute position (row-major, positions
+    ascending), the index of each row's first token, and the smallest ``at``."""
+    p0 = int(at.min())
+    offsets = torch.arange(p0, p_end + 1, device=at.device)  # [L]
+    row, off = (offsets[None, :] >= at[:, None]).nonzero(as_tuple=True)  # [T], [T]
+    lengths = p_end + 1 - at  # [b]
+    first = torch.cumsum(lengths, 0) - lengths  # [b]
+    return row, off + p0, first, p0
+
+
+def heads_major(base: CleanPass, n_keys: int) -> tuple[tuple[Tensor, Tensor, Tensor], ...]:
+    """Per layer, the base run's queries, keys and values at positions ``0..n_keys-1`` laid out
+    heads first, ``[n, H, n_keys, e]`` (contiguous): what `resume_at` starts each layer from."""
+    return tuple(
+        tuple(t[:, :n_keys].transpose(1, 2).contiguous() for t in (q, k, v))  # [n, H, P, e]
+        for q, k, v in zip(base.head_q, base.head_k, base.head_v)
+    )
+
+
+def _flat(row: Tensor, pos: Tensor, n_heads: int, n_pos: int) -> Tensor:
+    """Indices of tokens ``(row, pos)`` in a ``[b, H, n_pos, e]`` tensor flattened to
+    ``[b * H * n_pos, e]``, token-major: ``[t * H]``."""
+    heads = torch.arange(n_heads, device=row.device)  # [H]
+    return ((row[:, None] * n_heads + heads) * n_pos + pos[:, None]).flatten()  # [t*H]
+
+
+def resume_at(
+    view: ModelView,
+    base: CleanPass,
+    rows: Int[Tensor, "b"],
+    layer: int,
+    at: Int[Tensor, "b"],
+    x_at: Float[Tensor, "b d"],
+    read: Int[Tensor, "r"],
+    major: Optional[tuple[tuple[Tensor, Tensor, Tensor], ...]] = None,
+    work: Optional[dict] = None,
+) -> Float[Tensor, "b r v"]:
+    """Logits at the absolute positions ``read`` (ascending) when the residual stream entering
+    ``layer`` (``n_layers``: the final stream) differs from row ``rows[i]`` of ``base`` at one
+    position only, ``at[i]``, where it holds ``x_at[i]``. Causal models only.
+
+    The arithmetic of `resume`, on less of it: only the positions ``at[i]..max(read)`` of row
+    ``i`` are recomputed, packed into one token list (rows with different ``at`` share a call
+    without recomputing the positions between them); in ``layer`` only position ``at[i]`` gets
+    new queries, keys and values (the others are the base run's); in the last layer only the
+    read positions. Attention runs on each row's padded keys and values, where the positions
+    a row does not recompute hold the base run's. Logits at read positions before ``at[i]``
+    are the base run's. ``major``: `heads_major` of ``base`` for ``max(read) + 1`` keys
+    (computed when not given); ``work``: buffers reused across calls (a dict, kept by the
+    caller between calls)."""
+    c = view.config
+    if not c.causal:
+        raise ScheduleError("resume_at continues a causal model only (a patch at one position reaches every position of a bidirectional one); use resume")
+    dev = view.device
+    read = read.to(dev)
+    n_pos = base.resid_final.shape[1]
+    p_end = int(read.max())
+    n_keys, H = p_end + 1, c.n_heads
+    if major is None:
+        major = heads_major(base, n_keys)
+    work = {} if work is None else work
+    b, r = rows.shape[0], read.shape[0]
+    row, pos, first, p0 = _tokens(at, p_end)  # [T] each
+    slot = torch.full((n_pos,), -1, dtype=torch.long, device=dev)  # position -> read index
+    slot[read] = torch.arange(r, device=dev)
+    at_read = (slot[pos] >= 0).nonzero().flatten()  # [Tr] the tokens whose logits are read
+    q_read = read[read >= p0]  # [Lr] the last layer's query positions
+    stream = base.resid_pre[layer] if layer < c.n_layers else base.resid_final  # [n, n_pos, d]
+    x = stream.flatten(0, 1).index_select(0, rows[row] * n_pos + pos)  # [T, d]
+    x.index_copy_(0, first, x_at)
+    kv_all = _flat(row, pos, H, n_keys)  # [T*H] into [b, H, P, e]
+    q_mid = _flat(row, pos - p0, H, n_keys - p0)  # [T*H] into [b, H, L, e]
+    q_last = _flat(row[at_read], torch.searchsorted(q_read, pos[at_read]), H, len(q_read))  # [Tr*H] into [b, H, Lr, e]
+    kv_first = kv_all.view(-1, H)[first].flatten()  # [b*H]
+    q_first = q_mid.view(-1, H)[first].flatten()  # [b*H]
+    first_read = slot[at] >= 0  # [b] rows whose first token is read
+    new = first  # the tokens whose input to the current layer is not the base run's
+    scratch = attention._scratch
+    for current in range(layer, c.n_layers):
+        last = current == c.n_layers - 1
+        picked = slice(None) if new is None else new
+        x_new = x[picked]  # [t, d]
+        weights = work.get(("qkv", current))
+        if weights is None:
+            weights = work[("qkv", current)] = view._qkv_weights(current)
+        out_qkv = scratch(work, "qkv", (x_new.shape[0], weights[1].shape[0]), x)  # [t, (H + 2 Hk) e]
+        q, k, v = view._qkv(current, x_new, pos[picked], out_qkv, weights)  # [t, H, e], [t, Hk, e], [t, Hk, e]
+        if k.shape[1] != H:  # grouped key/value heads: one per query head, as base stores them
+            k, v = (t.repeat_interleave(c.kv_group, dim=1) for t in (k, v))  # [t, H, e]
+        e = q.shape[-1]
+        base_q, base_k, base_v = major[current]  # [n, H, P, e]
+        # the base run's keys and values, with the new tokens' put in
+        into = kv_all if new is None else kv_first
+        k_all = torch.index_select(base_k, 0, rows, out=scratch(work, "k", (b,) + base_k.shape[1:], k))  # [b, H, P, e]
+        v_all = torch.index_select(base_v, 0, rows, out=scratch(work, "v", (b,) + base_v.shape[1:], v))  # [b, H, P, e]
+        k_all.view(-1, e).index_copy_(0, into, k.reshape(-1, e))
+        v_all.view(-1, e).index_copy_(0, into, v.reshape(-1, e))
+        # queries at the recomputed positions (the last layer: at the read ones): the base
+        # run's where the input is the base run's (the first layer), the new ones elsewhere
+        if last:
+            q_pos = q_read
+            q_all = base_q.index_select(0, rows).index_select(2, q_read) if new is not None else scratch(work, "q", (b, H, len(q_read), e), q).zero_()  # [b, H, Lr, e]
+            if new is None:
+                q_all.view(-1, e).index_copy_(0, q_last, q.index_select(0, at_read).reshape(-1, e))
+            elif bool(first_read.any()):
+                sel = first_read.nonzero().flatten()  # rows whose new first token is read
+                q_idx = _flat(sel, torch.searchsorted(q_read, at[sel]), H, len(q_read))
+                q_all.view(-1, e).index_copy_(0, q_idx, q.index_select(0, sel).reshape(-1, e))
+            out_idx = q_last
+        else:
+            q_pos = torch.arange(p0, n_keys, device=dev)  # [L]
+            q_all = base_q[:, :, p0:].index_select(0, rows) if new is not None else scratch(work, "q", (b, H, len(q_pos), e), q).zero_()  # [b, H, L, e]
+            q_all.view(-1, e).index_copy_(0, q_mid if new is None else q_first, q.reshape(-1, e))
+            out_idx = q_mid
+        z = attention._mix_small(c, current, q_all, k_all, v_all, q_pos, work)  # [b, H, Lq, e]
+        z = torch.index_select(z.reshape(-1, e), 0, out_idx, out=scratch(work, "zt", (len(out_idx), e), z)).view(-1, H * e)  # [t, H*e]
+        heads = torch.addmm(view.b_O[current], z, view.W_O[current].flatten(0, 1), out=scratch(work, "heads", (z.shape[0], c.d_model), z))  # [t, d]
+        attn = view.attn_write(current, heads, with_bias=False)  # [t, d]
+        x_in = x if not last else x.index_select(0, at_read)  # [t, d]
+        if c.attn_only:
+            x = x_in + attn
+            new = None
+            continue
+        t = x_in.shape[0]
+        hidden, out = scratch(work, "hidden", (t, c.d_mlp), x), scratch(work, "mlp", (t, c.d_model), x)
+        if c.parallel_blocks:  # attention and MLP both read the layer's input
+            x = (attn + view._mlp_into(current, x_in, hidden, out)) + x_in
+        else:
+            mid = torch.add(x_in, attn, out=scratch(work, "mid", x_in.shape, x))  # [t, d]
+            x = mid + view._mlp_into(current, mid, hidden, out)  # [t, d]
+        new = None
+    final = x if layer < c.n_layers else x.index_select(0, at_read)  # [Tr, d] the read tokens
+    logits = base.logits.index_select(1, read).index_select(0, rows)  # [b, r, v]
+    logits.flatten(0, 1).index_copy_(0, row[at_read] * r + slot[pos[at_read]], view.unembed(final))
+    return logits
