@@ -31,7 +31,6 @@ import sys
 import warnings
 
 import common
-import torch
 
 import scrub
 from scrub import EXACT, MLP, Embed, Head, Hypothesis

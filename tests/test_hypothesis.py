@@ -32,7 +32,7 @@ from scrub import (
     ScrubError,
     plan,
 )
-from scrub.hypothesis import Edge, ModelShape, TreeSpec
+from scrub.hypothesis import ModelShape, TreeSpec
 
 from conftest import D_VOCAB, N_CTX, N_POS, random_dataset
 

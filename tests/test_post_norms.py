@@ -120,10 +120,16 @@ def test_one_claimed_head_is_renormalised_with_the_others_from_other():
     x, other = s.reference, s.root.other
     assert not torch.equal(x, other)
     on_x, on_other = hooked_pass(model, x), hooked_pass(model, other)
-    norm = post_attention_norm(model)
     heads = on_other["heads"].clone()  # [n, pos, H, d]
     heads[:, :, 2] = on_x["heads"][:, :, 2]
     torch.testing.assert_close(on_other["heads"].sum(2) + on_other["bias"], on_other["sum"], atol=1e-5, rtol=0)
+    _both_engines_give_the_renormalised_sum(model, s, other, on_other, heads)
+
+
+def _both_engines_give_the_renormalised_sum(model, s, other, on_other, heads) -> None:
+    """Both engines' logits equal the model run on ``other`` with the final residual's attention
+    write of the layer replaced by ``N(sum of heads + b_O)`` (``heads [n, pos, H, d]``)."""
+    norm = post_attention_norm(model)
     resid = on_other["final"] - on_other["write"] + norm(heads.sum(2) + on_other["bias"])  # [n, pos, d]
     want = logits_with_final_residual(model, other, resid)
     got_batched, got_reference = _engine_logits(s)
@@ -145,15 +151,10 @@ def test_two_heads_of_one_layer_one_restricted_to_positions():
     other = s.root.other
     assert not torch.equal(a.datum, other) and not torch.equal(a.datum, s.reference)
     on_a, on_x, on_other = hooked_pass(model, a.datum), hooked_pass(model, s.reference), hooked_pass(model, other)
-    norm = post_attention_norm(model)
     heads = on_other["heads"].clone()  # [n, pos, H, d]
     heads[:, :, 0] = on_a["heads"][:, :, 0]
     heads[:, [2, 5], 3] = on_x["heads"][:, [2, 5], 3]
-    resid = on_other["final"] - on_other["write"] + norm(heads.sum(2) + on_other["bias"])  # [n, pos, d]
-    want = logits_with_final_residual(model, other, resid)
-    got_batched, got_reference = _engine_logits(s)
-    _close(got_batched, want)
-    _close(got_reference, want)
+    _both_engines_give_the_renormalised_sum(model, s, other, on_other, heads)
 
 
 # ---- (b) the traps -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import attrs
 import torch
 
-from scrub.api import RUN_DEFAULTS, Rows, baseline_of, compute_rows, engine_name, make_engine, prepare, scrub_many
+from scrub.api import RUN_DEFAULTS, Rows, baseline_of, engine_name, make_engine, prepare, scrub_many
 from scrub.data import Dataset
 from scrub.engine.scoring import score_clean, score_schedules
 from scrub.errors import OptionsError
