@@ -24,7 +24,7 @@ from torch import Tensor
 
 from scrub.errors import ComponentError, DatasetError, ScheduleError
 from scrub.model import attention
-from scrub.model.clean_pass import CleanPass
+from scrub.model.clean_pass import CleanPass, run
 from scrub.model.config import ViewConfig, config_from_hooked
 from scrub.model.mlps import gated_mlp, linear, plain_mlp
 from scrub.model.norms import normalise
@@ -32,14 +32,6 @@ from scrub.model.rotary import rotate
 from scrub.model.weights import expected_shapes, weights_from_hooked
 
 __all__ = ["ModelView", "CleanPass"]
-
-# In-place forms of `scrub.model.mlps.ACTIVATIONS` (the same kernels), for `ModelView._mlp_into`.
-_IN_PLACE = {
-    "relu": torch.relu_,
-    "gelu": lambda h: torch.ops.aten.gelu_(h),
-    "gelu_pytorch_tanh": lambda h: torch.ops.aten.gelu_(h, approximate="tanh"),
-    "silu": lambda h: torch.nn.functional.silu(h, inplace=True),
-}
 
 
 @attrs.frozen(eq=False)
@@ -215,36 +207,6 @@ class ModelView:
             assert c.rotary_dim is not None  # checked by ViewConfig
             y = rotate(y, positions, c.rotary_dim, c.rotary_base, c.rotary_pairing, self.rotary_inv_freq)  # [b, h, p, e]
         return y
-
-    def _qkv_weights(self, layer: int) -> tuple[Tensor, Tensor]:
-        """``W_Q``, ``W_K``, ``W_V`` of ``layer`` side by side, ``[d, (H + 2 Hk) e]``, and their
-        biases ``[(H + 2 Hk) e]``: one matmul gives every head's q, k and v."""
-        W = torch.cat([self.W_Q[layer], self.W_K[layer], self.W_V[layer]])  # [H + 2 Hk, d, e]
-        b = torch.cat([self.b_Q[layer], self.b_K[layer], self.b_V[layer]])  # [H + 2 Hk, e]
-        return W.permute(1, 0, 2).reshape(W.shape[1], -1), b.flatten()
-
-    def _qkv(
-        self, layer: int, x: Tensor, positions: Tensor, out: Optional[Tensor] = None, weights: Optional[tuple[Tensor, Tensor]] = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k and v of every head of ``layer`` for single residual-stream vectors ``x [t, d]``
-        at ``positions [t]``: ``[t, H, e]``, ``[t, Hk, e]``, ``[t, Hk, e]``. What `_port` gives
-        for each port, with one matmul for the three ports where they read the same input (not
-        shortformer, whose q and k add ``W_pos``), computed into ``out [t, (H + 2 Hk) e]`` when
-        given (the results are views of it); ``weights``: `_qkv_weights` of ``layer``."""
-        c = self.config
-        x_n = self._ln1(layer, x)[:, None]  # [t, 1, d]
-        pos = positions[:, None]  # [t, 1]
-        if c.positional == "shortformer":
-            q, k, v = (self._port(layer, slice(None), port, x_n, pos) for port in ("q", "k", "v"))  # [t, h, 1, e]
-            return q[:, :, 0], k[:, :, 0], v[:, :, 0]
-        W, b = self._qkv_weights(layer) if weights is None else weights  # [d, (H + 2 Hk) e], [(H + 2 Hk) e]
-        y = torch.addmm(b, x_n[:, 0], W, out=out)  # [t, (H + 2 Hk) e]
-        y = y.view(x.shape[0], -1, 1, c.d_head)  # [t, H + 2 Hk, 1, e] (as `attention.project` lays it out)
-        q, k, v = y.split([c.n_heads, self.W_K.shape[1], self.W_K.shape[1]], dim=1)  # [t, h, 1, e]
-        if c.positional == "rotary":
-            assert c.rotary_dim is not None  # checked by ViewConfig
-            q, k = (rotate(t, pos, c.rotary_dim, c.rotary_base, c.rotary_pairing, self.rotary_inv_freq) for t in (q, k))
-        return q[:, :, 0], k[:, :, 0], v[:, :, 0]
 
     def _attend(
         self,
@@ -465,24 +427,6 @@ class ModelView:
             out = self._norm(out, self.ln_mlp_out_w[layer], None)  # [b, p, d_model]
         return out
 
-    def _mlp_into(self, layer: int, x: Tensor, hidden: Tensor, out: Tensor) -> Tensor:
-        """`mlp` of tokens ``x [t, d]`` computed into the given buffers (``hidden [t, d_mlp]``,
-        ``out [t, d]``, returned), the activation in place: the same arithmetic without
-        allocating (a sweep's many calls then reuse memory). Plain MLPs with an activation that
-        has an in-place form (`_IN_PLACE`); anything else is `mlp`."""
-        c = self.config
-        act = _IN_PLACE.get(c.act_fn or "relu")
-        if act is None or c.gated_mlp or self.W_in is None or self.b_in is None or self.b_out is None:
-            return self.mlp(layer, x)
-        assert self.W_out is not None
-        x_n = self._layer_norm("ln2", layer, x)  # [t, d_model]
-        act(torch.addmm(self.b_in[layer], x_n, self.W_in[layer], out=hidden))  # [t, d_mlp]
-        torch.addmm(self.b_out[layer], hidden, self.W_out[layer], out=out)  # [t, d_model]
-        if c.post_norms:
-            assert self.ln_mlp_out_w is not None
-            return self._norm(out, self.ln_mlp_out_w[layer], None)  # [t, d_model]
-        return out
-
     def attn_write(
         self, layer: int, heads_sum: Float[Tensor, "b p d"], *, with_bias: bool = True
     ) -> Float[Tensor, "b p d"]:
@@ -503,76 +447,17 @@ class ModelView:
 
     # ----------------------------------------------------------------------------- full passes
 
-    def _run(self, tokens: Tensor, keep: bool, logits: bool = True, positions: Optional[Tensor] = None) -> "CleanPass | Tensor":
-        c = self.config
-        embed = self.embed(tokens)  # [b, p, d_model]
-        n_rows, n_pos = tokens.shape
-        if c.positional == "standard":
-            pos = self.pos_embed(n_rows, n_pos)  # [b, p, d_model]
-        else:  # shortformer, rotary: positions enter the heads' q/k, not the residual stream
-            self._check_positions(n_pos)
-            pos = torch.zeros_like(embed)  # [b, p, d_model]
-        resid = embed + pos  # [b, p, d_model]
-        resid_pre, resid_mid, head_out, mlp_out, attn_out = [], [], [], [], []
-        head_q: list[Tensor] = []
-        head_k: list[Tensor] = []
-        head_v: list[Tensor] = []
-        for layer in range(c.n_layers):
-            qkv: Optional[list] = [] if keep else None
-            z = self._attend(layer, slice(None), resid, resid, resid, keep=qkv)  # [b, H, p, e]
-            if keep:
-                for store, value in zip((head_q, head_k, head_v), qkv):
-                    store.append(attention.expand_kv(c, value, c.n_heads).transpose(1, 2))  # [b, p, H, e]
-                heads = self._per_head_out(layer, slice(None), z)  # [b, p, H, d_model]
-                resid_pre.append(resid)
-                head_out.append(heads)
-                attn = heads.sum(2)  # [b, p, d_model]
-            else:  # every head's W_O (and b_O) in one matmul: the sum over heads, no per-head outputs
-                z_flat = z.transpose(1, 2).flatten(2)  # [b, p, H*e]
-                attn = linear(z_flat, self.W_O[layer].flatten(0, 1), self.b_O[layer])  # [b, p, d_model]
-            written = self.attn_write(layer, attn, with_bias=keep)  # [b, p, d_model]
-            if keep:
-                attn_out.append(written)
-            if c.attn_only:
-                resid = resid + written  # [b, p, d_model]
-                continue
-            mlp_in = resid if c.parallel_blocks else resid + written  # [b, p, d_model]
-            out = self.mlp(layer, mlp_in)  # [b, p, d_model]
-            if keep:
-                resid_mid.append(mlp_in)
-                mlp_out.append(out)
-            # parallel: (attention + MLP) + residual, the order GPT-NeoX and GPT-J add in
-            resid = (written + out) + mlp_in if c.parallel_blocks else mlp_in + out  # [b, p, d_model]
-        final = resid if positions is None else resid[:, positions]  # [b, q, d_model]
-        out_logits = self.unembed(final) if logits else None  # [b, q, d_vocab_out]
-        if not keep:
-            return out_logits
-        return CleanPass(
-            embed=embed,
-            pos=pos,
-            resid_pre=tuple(resid_pre),
-            resid_mid=None if c.attn_only else tuple(resid_mid),
-            head_out=tuple(head_out),
-            mlp_out=None if c.attn_only else tuple(mlp_out),
-            resid_final=resid,
-            logits=out_logits,
-            head_q=tuple(head_q),
-            head_k=tuple(head_k),
-            head_v=tuple(head_v),
-            attn_out=tuple(attn_out),
-        )
-
     def clean_pass(self, tokens: Int[Tensor, "b p"], *, logits: bool = True) -> CleanPass:
         """One forward pass over ``tokens`` keeping every component output and port input
         (``logits=False``: skip the unembedding; `CleanPass.logits` is then ``None``)."""
-        result = self._run(tokens, keep=True, logits=logits)
+        result = run(self, tokens, keep=True, logits=logits)
         assert isinstance(result, CleanPass)
         return result
 
     def forward(self, tokens: Int[Tensor, "b p"], positions: Optional[Int[Tensor, "q"]] = None) -> Float[Tensor, "b q v"]:
         """Logits, assembled only from the component functions summed into the residual stream
         (at ``positions`` only, ``[b, q, vocab]``, when given)."""
-        result = self._run(tokens, keep=False, positions=positions)
+        result = run(self, tokens, keep=False, positions=positions)
         assert isinstance(result, Tensor)
         return result
 

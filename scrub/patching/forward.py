@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from scrub.errors import ScheduleError
-from scrub.model import CleanPass, ModelView, attention
+from scrub.model import CleanPass, ModelView, attention, packed
 
 __all__ = ["resume", "resume_at", "after_attention", "after_layer", "head_block"]
 
@@ -271,9 +271,9 @@ def resume_at(
         x_new = x[picked]  # [t, d]
         weights = work.get(("qkv", current))
         if weights is None:
-            weights = work[("qkv", current)] = view._qkv_weights(current)
+            weights = work[("qkv", current)] = packed.qkv_weights(view, current)
         out_qkv = scratch(work, "qkv", (x_new.shape[0], weights[1].shape[0]), x)  # [t, (H + 2 Hk) e]
-        q, k, v = view._qkv(current, x_new, pos[picked], out_qkv, weights)  # [t, H, e], [t, Hk, e], [t, Hk, e]
+        q, k, v = packed.qkv(view, current, x_new, pos[picked], out_qkv, weights)  # [t, H, e], [t, Hk, e], [t, Hk, e]
         if k.shape[1] != H:  # grouped key/value heads: one per query head, as base stores them
             k, v = (t.repeat_interleave(c.kv_group, dim=1) for t in (k, v))  # [t, H, e]
         e = q.shape[-1]
@@ -313,10 +313,10 @@ def resume_at(
         t = x_in.shape[0]
         hidden, out = scratch(work, "hidden", (t, c.d_mlp), x), scratch(work, "mlp", (t, c.d_model), x)
         if c.parallel_blocks:  # attention and MLP both read the layer's input
-            x = (attn + view._mlp_into(current, x_in, hidden, out)) + x_in
+            x = (attn + packed.mlp_into(view, current, x_in, hidden, out)) + x_in
         else:
             mid = torch.add(x_in, attn, out=scratch(work, "mid", x_in.shape, x))  # [t, d]
-            x = mid + view._mlp_into(current, mid, hidden, out)  # [t, d]
+            x = mid + packed.mlp_into(view, current, mid, hidden, out)  # [t, d]
         new = None
     final = x if layer < c.n_layers else x.index_select(0, at_read)  # [Tr, d] the read tokens
     logits = base.logits.index_select(1, read).index_select(0, rows)  # [b, r, v]
