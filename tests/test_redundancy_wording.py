@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scrub.metrics import Estimate
-from scrub.reporting.build import _verdict, joint_finding
+from scrub.reporting.wording import joint_finding, verdict as _verdict
 from scrub.reporting.results import JointRemoval
 
 

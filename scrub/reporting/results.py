@@ -68,7 +68,7 @@ class JointRemoval:
     drop_b: Estimate
     drop_ab: Estimate
     interaction: Estimate
-    verdict: str  # "OR-like (backup)", "AND-like", "super-additive", "sub-additive" or "additive" (see build._verdict)
+    verdict: str  # "OR-like (backup)", "AND-like", "super-additive", "sub-additive" or "additive" (see scrub.reporting.wording.verdict)
 
     @property
     def flagged(self) -> bool:
