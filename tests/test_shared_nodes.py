@@ -77,3 +77,23 @@ def test_different_rows_are_never_shared(monkeypatch):
     a, b = engine.run_many([s0, s1])
     assert max_diff(a, reference.run(s0)) < 1e-4 and max_diff(b, reference.run(s1)) < 1e-4
     assert max_diff(a, b) > 1e-3
+
+
+def test_chunks_are_sized_by_the_values_held_not_by_the_nodes():
+    """A node that shares another's value holds no copy of it, so copies of one schedule make the
+    chunks smaller only by their logits, and never as small as schedules that share nothing; the
+    chunked results are the unchunked ones."""
+    model = model_for(MODEL_ATTN)
+    h = induction_like(model.cfg)
+    engine = BatchedEngine(model, DATA)
+    copies = [scrub.plan(h, DATA, 0, model=model) for _ in range(6)]  # equal rows, new objects
+    seeds = [scrub.plan(h, DATA, seed, model=model) for seed in range(6)]  # other rows: nothing shared
+    last = [N_POS - 1]
+    budget = 40_000.0  # bytes for node values: a few rows
+    shared_rows = engine.chunk_size(copies, last, node_bytes=budget)
+    distinct_rows = engine.chunk_size(seeds, last, node_bytes=budget)
+    alone_rows = engine.chunk_size(copies[:1], last, node_bytes=budget)
+    assert distinct_rows < shared_rows <= alone_rows
+    small = BatchedEngine(model, DATA, memory_budget_mb=0.05)  # forces chunks of a few rows
+    for got, want in zip(small.run_many(copies, positions=last), engine.run_many(copies, positions=last)):
+        assert max_diff(got, want) < 1e-5

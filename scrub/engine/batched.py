@@ -128,14 +128,17 @@ class BatchedEngine:
         shared = self._build_cache(needs, rows) if need <= 0.8 * budget else None  # one clean pass for all chunks
         # a cache above 60% of the budget leaves the chunks what it does not take
         available = 0.9 * budget - need if 0.6 * budget < need <= 0.8 * budget else 0.3 * budget
-        size = self._rows_per_chunk(schedules, wanted, needed, available)
+        same = representatives(schedules, needed)  # shared nodes hold one value: count them once
+        size = self._rows_per_chunk(schedules, wanted, needed, available, same)
         outputs: list[list[Tensor]] = [[] for _ in schedules]
         for start in range(0, n, size):
             index = torch.arange(start, min(n, start + size), device=schedules[0].reference.device)
             chunk = [s.select(index) if size < n else s for s in schedules]
             chunk_needed = needed if size >= n else self._needed(chunk, wanted)
             cache = shared if shared is not None else self._build_cache(*self._cache_needs(chunk, chunk_needed))
-            for i, logits in enumerate(self._run_chunk(chunk, cache, wanted, chunk_needed)):
+            # sharing is decided per chunk: rows that agree in one chunk may differ in another
+            chunk_same = same if size >= n else None
+            for i, logits in enumerate(self._run_chunk(chunk, cache, wanted, chunk_needed, chunk_same)):
                 outputs[i].append(logits)
         return [torch.cat(parts) for parts in outputs]
 
@@ -157,13 +160,16 @@ class BatchedEngine:
         asked for."""
         wanted = self._wanted(positions)
         available = self.memory_budget_mb * 2**20 * 0.3 if node_bytes is None else node_bytes
-        return self._rows_per_chunk(schedules, wanted, self._needed(schedules, wanted), available)
+        needed = self._needed(schedules, wanted)
+        return self._rows_per_chunk(schedules, wanted, needed, available, representatives(schedules, needed))
 
     def _rows_per_chunk(
-        self, schedules: Sequence[Schedule], wanted: Positions, needed: dict[int, Positions], available: float
+        self, schedules: Sequence[Schedule], wanted: Positions, needed: dict[int, Positions], available: float,
+        same: dict[int, int],
     ) -> int:
         c = self.view.config
-        cells = sum(len(at) for at in needed.values())  # node values, in positions
+        # node values, in positions: a node that shares another's value (``same``) holds no copy
+        cells = sum(len(at) for key, at in needed.items() if same.get(key, key) == key)
         # per reference row: every node keeps its value, and a batched call holds ~4 inputs/outputs
         per_row = (cells + 4 * max(self.data.n_pos, cells // 4)) * c.d_model
         per_row += len(schedules) * len(wanted) * c.d_vocab_out  # the logits
@@ -241,11 +247,14 @@ class BatchedEngine:
     # ---- one chunk ----------------------------------------------------------------------------
 
     def _run_chunk(
-        self, schedules: Sequence[Schedule], cache: CleanCache, wanted: Positions, needed: dict[int, Positions]
+        self, schedules: Sequence[Schedule], cache: CleanCache, wanted: Positions, needed: dict[int, Positions],
+        same: Optional[dict[int, int]] = None,
     ) -> list[Tensor]:
         """Each schedule's logits on one chunk: every needed node at its needed positions, each
-        distinct value computed once (`scrub.engine.shared`)."""
-        same = representatives(schedules, needed)  # id(node) -> id(the node whose value it shares)
+        distinct value computed once (`scrub.engine.shared`; ``same``: already found for these
+        schedules)."""
+        if same is None:
+            same = representatives(schedules, needed)  # id(node) -> id(the node whose value it shares)
         nodes = [node for s in schedules for node in s.root.walk() if id(node) in needed]
         device = self.view.device
 
