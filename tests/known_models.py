@@ -39,7 +39,6 @@ anything writing TOK / POS / PREV do not touch the logits.
 
 from __future__ import annotations
 
-import warnings
 from typing import Iterable, Optional
 
 import attrs
@@ -47,6 +46,7 @@ import torch
 
 from scrub import EXACT, Dataset, Embed, Head, Hypothesis
 from scrub.tasks import induction
+from scrub.zoo.known import hand_set_model
 
 __all__ = [
     "Known",
@@ -87,34 +87,11 @@ def _layout(vocab: int, n_ctx: int) -> dict[str, slice]:
 
 
 def _blank_model(vocab: int, n_ctx: int, n_layers: int = 2, n_heads: int = 2, d_head: Optional[int] = None):
-    """An attention-only HookedTransformer, no normalisation, every parameter zero."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
+    """An attention-only HookedTransformer, no normalisation, every parameter zero (`hand_set_model`)."""
     lay = _layout(vocab, n_ctx)
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers,
-        d_model=lay["d_model"],
-        n_heads=n_heads,
-        d_head=d_head or max(vocab + 1, n_ctx + 1),
-        d_vocab=vocab + 1,  # + BOS
-        n_ctx=n_ctx,
-        attn_only=True,
-        act_fn=None,
-        normalization_type=None,
-        positional_embedding_type="standard",
-        device="cpu",
-        seed=0,
-        init_weights=False,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TL 3.9 deprecates HookedTransformer construction
-        model = HookedTransformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.embed.W_E[:, lay["tok"]] = torch.eye(vocab + 1)  # one-hot tokens, BOS = vocab
-        model.pos_embed.W_pos[:, lay["pos"]] = torch.eye(n_ctx)
-        model.unembed.W_U[lay["ans"], :vocab] = torch.eye(vocab)
+    blocks = {k: v for k, v in lay.items() if isinstance(v, slice)}
+    model = hand_set_model(blocks, d_vocab=vocab + 1, n_ctx=n_ctx, d_head=d_head or max(vocab + 1, n_ctx + 1),
+                           n_layers=n_layers, n_heads=n_heads)  # + BOS
     return model.eval(), lay
 
 

@@ -35,7 +35,7 @@ whether a port reads it. Compare circuits without them (`visible_edges`).
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Mapping
 
 import attrs
 import torch
@@ -44,7 +44,7 @@ from scrub.components import Component, Embed, Head, Output, PosEmbed
 from scrub.data import Dataset
 from scrub.errors import ScrubError
 
-__all__ = ["KnownCircuit", "available", "get", "load", "dataset", "circuit", "visible_edges", "SHARP", "GAIN"]
+__all__ = ["KnownCircuit", "available", "get", "load", "dataset", "circuit", "visible_edges", "hand_set_model", "SHARP", "GAIN"]
 
 SHARP = 40.0  # attention score of the key a head looks for (others score 0)
 GAIN = 20.0  # logit the last head adds to the answer
@@ -69,30 +69,42 @@ class KnownCircuit:
         return self.make_data(n, seed)
 
 
-def _blank(vocab: int, n_ctx: int, d_head: int):
-    """A 2-layer, 2-head attention-only model, no normalisation, every parameter zero, with
-    one-hot token and position embeddings and an unembedding that reads ANS; and its layout."""
+def hand_set_model(layout: Mapping[str, slice], *, d_vocab: int, n_ctx: int, d_head: int, n_layers: int = 2,
+                   n_heads: int = 2):
+    """An attention-only ``HookedTransformer`` without normalisation, every parameter zero, whose
+    residual stream is the one-hot subspaces of ``layout``: ``"tok"`` (``d_vocab`` dims, the token),
+    ``"pos"`` (``n_ctx`` dims, the position) and ``"ans"``, which the unembedding reads (``W_U`` maps
+    its i-th dim to token i). ``d_model`` is where the last subspace ends. Heads are set by hand
+    afterwards (`_set_head`)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    tok = slice(0, vocab)
-    pos = slice(tok.stop, tok.stop + n_ctx)
-    mid = slice(pos.stop, pos.stop + vocab)
-    ans = slice(mid.stop, mid.stop + vocab)
+    tok, pos, ans = layout["tok"], layout["pos"], layout["ans"]
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=ans.stop, n_heads=2, d_head=d_head, d_vocab=vocab, n_ctx=n_ctx, attn_only=True,
-        act_fn=None, normalization_type=None, positional_embedding_type="standard", device="cpu", seed=0,
-        init_weights=False,
+        n_layers=n_layers, d_model=max(s.stop for s in layout.values()), n_heads=n_heads, d_head=d_head,
+        d_vocab=d_vocab, n_ctx=n_ctx, attn_only=True, act_fn=None, normalization_type=None,
+        positional_embedding_type="standard", device="cpu", seed=0, init_weights=False,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TL 3.9 deprecates HookedTransformer construction
         model = HookedTransformer(cfg)
+    n_ans = ans.stop - ans.start
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        model.embed.W_E[:, tok] = torch.eye(vocab)
+        model.embed.W_E[:, tok] = torch.eye(d_vocab)
         model.pos_embed.W_pos[:, pos] = torch.eye(n_ctx)
-        model.unembed.W_U[ans, :] = torch.eye(vocab)
-    return model, {"tok": tok, "pos": pos, "mid": mid, "ans": ans}
+        model.unembed.W_U[ans, :n_ans] = torch.eye(n_ans)
+    return model
+
+
+def _blank(vocab: int, n_ctx: int, d_head: int):
+    """A 2-layer, 2-head `hand_set_model` with one-hot ``[TOK | POS | MID | ANS]`` blocks; and its layout."""
+    tok = slice(0, vocab)
+    pos = slice(tok.stop, tok.stop + n_ctx)
+    mid = slice(pos.stop, pos.stop + vocab)
+    ans = slice(mid.stop, mid.stop + vocab)
+    layout = {"tok": tok, "pos": pos, "mid": mid, "ans": ans}
+    return hand_set_model(layout, d_vocab=vocab, n_ctx=n_ctx, d_head=d_head), layout
 
 
 def _score_entry(model) -> float:
