@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from families import FAMILIES, make_hf_model, random_tokens
 from scrub.errors import ComponentError, UnsupportedModelError
-from scrub.model import ModelView, config_from_model, require_decomposable
+from scrub.model import ModelView, config_from_model
 
 ATOL = 1e-4
 
@@ -210,12 +210,6 @@ def test_float16_models_keep_their_dtype(family):
     assert view.dtype == got.dtype == torch.float16
     ref = hf_logits(model, tokens)
     assert (got.float() - ref.float()).abs().max() <= 2e-3 * ref.float().abs().max()
-
-
-def test_require_decomposable():
-    require_decomposable(model_and_view("llama")[1].config)
-    with pytest.raises(UnsupportedModelError, match="post"):
-        require_decomposable(model_and_view("gemma2")[1].config)
 
 
 # ------------------------------------------------------------------------------- refusals

@@ -10,7 +10,7 @@ every component's output.
 """
 
 from scrub.model.config import ACTIVATIONS, SUPPORTED_ACT_FNS, ViewConfig, config_from_hooked
-from scrub.model.sources import config_from_model, is_source_model, model_name, require_decomposable
+from scrub.model.sources import config_from_model, is_source_model, model_name
 from scrub.model.view import CleanPass, ModelView
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "CleanPass",
     "config_from_hooked",
     "config_from_model",
-    "require_decomposable",
     "SUPPORTED_ACT_FNS",
     "ACTIVATIONS",
     "is_source_model",

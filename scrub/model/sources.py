@@ -1,11 +1,10 @@
-"""Where a model view comes from: dispatch on the kind of model, and the decomposability rule.
+"""Where a model view comes from: dispatch on the kind of model.
 
 `config_from_model` reads the architecture of a TransformerLens ``HookedTransformer`` or of a
 HuggingFace causal LM without copying weights (other code uses it for shapes);
-`weights_from_model` copies the weights. `require_decomposable` refuses a model whose attention
-output is normalised after the heads are summed (Gemma-2's post-norms: no per-head residual
-writes) for a computation that needs per-head writes; neither the scrubbing engines nor the
-report need them any more (they re-normalise per tree node or knock-out, docs/post-norms.md).
+`weights_from_model` copies the weights. Post-norm models (Gemma-2) need no refusal here: the
+engines, the report and patching re-normalise a layer's head sum where they change it
+(docs/post-norms.md).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from scrub.errors import UnsupportedModelError
 from scrub.model.config import ViewConfig, config_from_hooked
 from scrub.model.weights import weights_from_hooked
 
-__all__ = ["config_from_model", "weights_from_model", "require_decomposable", "is_transformer_lens", "is_source_model", "model_name"]
+__all__ = ["config_from_model", "weights_from_model", "is_transformer_lens", "is_source_model", "model_name"]
 
 
 def _is_hooked(model: Any) -> bool:
@@ -112,22 +111,3 @@ def weights_from_model(model: Any, config: ViewConfig) -> dict[str, Optional[Ten
     from scrub.model.hf_weights import weights_from_hf
 
     return weights_from_hf(model, config)
-
-
-def require_decomposable(config: ViewConfig, purpose: str = "this computation", fix: str = "") -> None:
-    """Raise `UnsupportedModelError` unless every head writes to the residual stream on its own.
-
-    For computations (named ``purpose``) that add or remove one head's output in the residual
-    stream while the others keep theirs, which needs the attention's residual write to be the
-    sum of per-head writes (plus a bias). With post-norms (Gemma-2) the norm is applied to that
-    sum, so there is no per-head write. Scrubbing does not need this: both engines re-normalise a
-    layer's attention output per tree node (docs/post-norms.md), as does the report's compensation
-    check. ``fix`` is the message's fix (default: use a model without post-norms).
-    """
-    if config.post_norms:
-        raise UnsupportedModelError(
-            f"rule: {purpose} needs each head's residual write on its own; offender: the "
-            f"{config.family!r} model normalises the attention output after summing the heads "
-            f"(post-attention norm, ViewConfig.post_norms=True), so heads do not decompose; fix: "
-            f"{fix or 'use a model without post-norms'}"
-        )
