@@ -102,12 +102,17 @@ def _mask(p: Optional[int], lo: int, hi: int, device) -> Tensor:
     return hit[None, :, None]
 
 
+def _after_heads(view: ModelView, base: CleanPass, layer: int) -> Tensor:
+    """The stored stream where a head patch of ``layer`` starts (``[n, p, d]``): after its heads,
+    or after the whole layer in parallel blocks (whose MLP does not read the heads)."""
+    return after_layer(view, base, layer) if view.config.parallel_blocks else after_attention(view, base, layer)
+
+
 def _heads_changed(view: ModelView, base: CleanPass, layer: int, rows: Tensor, sl: slice, delta: Tensor) -> Tensor:
     """The stream at a head patch's start (after the heads of ``layer``; after the whole layer
     for parallel blocks) when the sum of the layer's head outputs changes by ``delta [b, n, d]``.
     With post-norms the attention writes ``N(sum_h o_h + b_O)``: the patched sum is re-normalised."""
-    start = after_layer(view, base, layer) if view.config.parallel_blocks else after_attention(view, base, layer)
-    stream = start[rows, sl]  # [b, n, d]
+    stream = _after_heads(view, base, layer)[rows, sl]  # [b, n, d]
     if not view.config.post_norms:
         return stream + delta
     total = base.head_out[layer][rows, sl].sum(2)  # [b, n, d]
@@ -162,8 +167,7 @@ def _stream_at(view: ModelView, passes: Passes, sites: Sequence[Site], rows: Ten
         at = torch.tensor([s.position for s in sites], device=view.device)  # [c]
         heads = torch.tensor([s.head for s in sites], device=view.device)  # [c]
         delta = src.head_out[layer][rows[:, None], at, heads] - base.head_out[layer][rows[:, None], at, heads]  # [n, c, d]
-        after = after_layer if view.config.parallel_blocks else after_attention
-        x = (after(view, base, layer)[rows[:, None], at] + delta).transpose(0, 1).flatten(0, 1)  # [c*n, d]
+        x = (_after_heads(view, base, layer)[rows[:, None], at] + delta).transpose(0, 1).flatten(0, 1)  # [c*n, d]
     else:
         x = torch.cat([_patched_stream(view, passes, s, rows, s.position, s.position)[:, 0] for s in sites])  # [c*n, d]
     if stage != "mid" or view.config.attn_only:
