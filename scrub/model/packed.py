@@ -5,7 +5,7 @@ of (row, position) tokens. These functions give it what `ModelView` gives per co
 same arithmetic, but for single residual-stream vectors ``[t, d]`` and written into buffers the
 sweep's calls share (a sweep makes many calls; fresh multi-megabyte tensors cost page faults):
 
-* `qkv_weights` / `qkv`: every head's query, key and value in one matmul;
+* `qkv_weights` / `qkv`: every head's query, key and value in one matmul, interleaved by head;
 * `mlp_into`: a plain MLP into given buffers, its activation in place.
 """
 
@@ -31,36 +31,43 @@ IN_PLACE = {
 
 
 def qkv_weights(view: ModelView, layer: int) -> tuple[Tensor, Tensor]:
-    """``W_Q``, ``W_K``, ``W_V`` of ``layer`` side by side, ``[d, (H + 2 Hk) e]``, and their
-    biases ``[(H + 2 Hk) e]``: one matmul gives every head's q, k and v."""
-    W = torch.cat([view.W_Q[layer], view.W_K[layer], view.W_V[layer]])  # [H + 2 Hk, d, e]
-    b = torch.cat([view.b_Q[layer], view.b_K[layer], view.b_V[layer]])  # [H + 2 Hk, e]
-    return W.permute(1, 0, 2).reshape(W.shape[1], -1), b.flatten()
+    """``W_Q``, ``W_K``, ``W_V`` of ``layer`` interleaved by query head, ``[d, H * 3 * e]`` (head
+    ``h``'s query, key and value columns side by side; grouped-query models: the key and value
+    of ``h``'s key/value head, repeated), and their biases ``[H * 3 * e]``: one matmul gives every
+    head's q, k and v in the layout `qkv` writes."""
+    group = view.config.kv_group
+    W_K, W_V, b_K, b_V = (t[layer].repeat_interleave(group, dim=0) for t in (view.W_K, view.W_V, view.b_K, view.b_V))
+    W = torch.stack([view.W_Q[layer], W_K, W_V], dim=1)  # [H, 3, d, e]
+    b = torch.stack([view.b_Q[layer], b_K, b_V], dim=1)  # [H, 3, e]
+    return W.permute(2, 0, 1, 3).reshape(W.shape[2], -1), b.flatten()
 
 
 def qkv(
-    view: ModelView, layer: int, x: Tensor, positions: Tensor, out: Optional[Tensor] = None,
+    view: ModelView, layer: int, x: Tensor, positions: Tensor, out: Tensor,
     weights: Optional[tuple[Tensor, Tensor]] = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k and v of every head of ``layer`` for single residual-stream vectors ``x [t, d]``
-    at ``positions [t]``: ``[t, H, e]``, ``[t, Hk, e]``, ``[t, Hk, e]``. What the view's
-    projection gives for each port, with one matmul for the three ports where they read the same
-    input (not shortformer, whose q and k add ``W_pos``), computed into ``out [t, (H + 2 Hk) e]``
-    when given (the results are views of it); ``weights``: `qkv_weights` of ``layer``."""
+) -> Tensor:
+    """Every query head's q, k and v of ``layer`` for single residual-stream vectors ``x [t, d]``
+    at ``positions [t]``, written into ``out [t, H, 3, e]`` (returned): ``out[:, h, 0]`` is head
+    ``h``'s query, ``1`` its key, ``2`` its value (grouped-query models: its key/value head's).
+    What the view's projection gives for each port, with one matmul for the three ports where
+    they read the same input (not shortformer, whose q and k add ``W_pos``); ``weights``:
+    `qkv_weights` of ``layer``."""
     c = view.config
-    x_n = view._ln1(layer, x)[:, None]  # [t, 1, d]
+    x_n = view._ln1(layer, x)  # [t, d]
     pos = positions[:, None]  # [t, 1]
     if c.positional == "shortformer":
-        q, k, v = (view._port(layer, slice(None), port, x_n, pos) for port in ("q", "k", "v"))  # [t, h, 1, e]
-        return q[:, :, 0], k[:, :, 0], v[:, :, 0]
-    W, b = qkv_weights(view, layer) if weights is None else weights  # [d, (H + 2 Hk) e], [(H + 2 Hk) e]
-    y = torch.addmm(b, x_n[:, 0], W, out=out)  # [t, (H + 2 Hk) e]
-    y = y.view(x.shape[0], -1, 1, c.d_head)  # [t, H + 2 Hk, 1, e] (as `attention.project` lays it out)
-    q, k, v = y.split([c.n_heads, view.W_K.shape[1], view.W_K.shape[1]], dim=1)  # [t, h, 1, e]
+        for i, port in enumerate(("q", "k", "v")):
+            y = view._port(layer, slice(None), port, x_n[:, None], pos)  # [t, h, 1, e]
+            out[:, :, i] = y[:, :, 0].repeat_interleave(c.n_heads // y.shape[1], dim=1)  # [t, H, e] (k, v: per query head)
+        return out
+    W, b = qkv_weights(view, layer) if weights is None else weights  # [d, H*3*e], [H*3*e]
+    torch.addmm(b, x_n, W, out=out.view(x.shape[0], -1))  # [t, H*3*e]
     if c.positional == "rotary":
         assert c.rotary_dim is not None  # checked by ViewConfig
-        q, k = (rotate(t, pos, c.rotary_dim, c.rotary_base, c.rotary_pairing, view.rotary_inv_freq) for t in (q, k))
-    return q[:, :, 0], k[:, :, 0], v[:, :, 0]
+        for i in (0, 1):  # q and k, laid out [t, H, 1, e] as `attention.project` gives them
+            port = out[:, :, i : i + 1]
+            port.copy_(rotate(port, pos, c.rotary_dim, c.rotary_base, c.rotary_pairing, view.rotary_inv_freq))
+    return out
 
 
 def mlp_into(view: ModelView, layer: int, x: Tensor, hidden: Tensor, out: Tensor) -> Tensor:

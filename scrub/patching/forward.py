@@ -33,7 +33,7 @@ from torch import Tensor
 from scrub.errors import ScheduleError
 from scrub.model import CleanPass, ModelView, attention, packed
 
-__all__ = ["resume", "resume_at", "after_attention", "after_layer", "head_block"]
+__all__ = ["resume", "resume_at", "base_qkv", "after_attention", "after_layer", "head_block"]
 
 
 def after_attention(view: ModelView, base: CleanPass, layer: int) -> Tensor:
@@ -197,20 +197,27 @@ def _tokens(at: Tensor, p_end: int) -> tuple[Tensor, Tensor, Tensor, int]:
     return row, off + p0, first, p0
 
 
-def heads_major(base: CleanPass, n_keys: int) -> tuple[tuple[Tensor, Tensor, Tensor], ...]:
-    """Per layer, the base run's queries, keys and values at positions ``0..n_keys-1`` laid out
-    heads first, ``[n, H, n_keys, e]`` (contiguous): what `resume_at` starts each layer from."""
+def base_qkv(base: CleanPass, n_keys: int) -> tuple[Tensor, ...]:
+    """Per layer, the base run's queries, keys and values at positions ``0..n_keys-1``, laid out
+    as `packed.qkv` writes new ones: ``[n * n_keys * H, 3 * e]`` (row ``(i * n_keys + p) * H + h``
+    holds head ``h``'s q, k and v at row ``i``, position ``p``): what `resume_at` gathers each
+    layer's attention inputs from."""
     return tuple(
-        tuple(t[:, :n_keys].transpose(1, 2).contiguous() for t in (q, k, v))  # [n, H, P, e]
+        torch.stack([q[:, :n_keys], k[:, :n_keys], v[:, :n_keys]], dim=3).flatten(0, 2).flatten(1)  # [n*P*H, 3e]
         for q, k, v in zip(base.head_q, base.head_k, base.head_v)
     )
 
 
-def _flat(row: Tensor, pos: Tensor, n_heads: int, n_pos: int) -> Tensor:
-    """Indices of tokens ``(row, pos)`` in a ``[b, H, n_pos, e]`` tensor flattened to
-    ``[b * H * n_pos, e]``, token-major: ``[t * H]``."""
-    heads = torch.arange(n_heads, device=row.device)  # [H]
-    return ((row[:, None] * n_heads + heads) * n_pos + pos[:, None]).flatten()  # [t*H]
+def _gather_index(new: Tensor, rows: Tensor, n_new: int, n_heads: int) -> Tensor:
+    """Where each (row, head, position) of the attention inputs ``[b, H, P]`` comes from in a
+    source of ``n_new`` new tokens' rows followed by `base_qkv`'s: ``new [b, P]`` is the index
+    of the new token at that row and position (``-1``: the base run's, of base row ``rows[i]``).
+    ``[b, H, P]``."""
+    b, n_keys = new.shape
+    keys = torch.arange(n_keys, device=new.device)  # [P]
+    token = torch.where(new >= 0, new, n_new + rows[:, None] * n_keys + keys)  # [b, P] token rows of the source
+    heads = torch.arange(n_heads, device=new.device)  # [H]
+    return token[:, None, :] * n_heads + heads[None, :, None]  # [b, H, P]
 
 
 def resume_at(
@@ -221,7 +228,7 @@ def resume_at(
     at: Int[Tensor, "b"],
     x_at: Float[Tensor, "b d"],
     read: Int[Tensor, "r"],
-    major: Optional[tuple[tuple[Tensor, Tensor, Tensor], ...]] = None,
+    qkv_base: Optional[tuple[Tensor, ...]] = None,
     work: Optional[dict] = None,
 ) -> Float[Tensor, "b r v"]:
     """Logits at the absolute positions ``read`` (ascending) when the residual stream entering
@@ -232,11 +239,13 @@ def resume_at(
     ``i`` are recomputed, packed into one token list (rows with different ``at`` share a call
     without recomputing the positions between them); in ``layer`` only position ``at[i]`` gets
     new queries, keys and values (the others are the base run's); in the last layer only the
-    read positions. Attention runs on each row's padded keys and values, where the positions
-    a row does not recompute hold the base run's. Logits at read positions before ``at[i]``
-    are the base run's. ``major``: `heads_major` of ``base`` for ``max(read) + 1`` keys
-    (computed when not given); ``work``: buffers reused across calls (a dict, kept by the
-    caller between calls)."""
+    read positions' outputs. Each layer's queries, keys and values are gathered from the new
+    tokens' (`packed.qkv`) and the base run's (`base_qkv`) into ``[b, H, P, e]`` each, every row
+    padded to positions ``0..max(read)`` with the base run's (gathers of rows, not scatters: a
+    scatter of short rows is several times slower on CPU). Logits at read positions before
+    ``at[i]`` are the base run's.
+    ``qkv_base``: `base_qkv` of ``base`` for ``max(read) + 1`` keys (computed when not given);
+    ``work``: buffers reused across calls (a dict, kept by the caller between calls)."""
     c = view.config
     if not c.causal:
         raise ScheduleError("resume_at continues a causal model only (a patch at one position reaches every position of a bidirectional one); use resume")
@@ -244,12 +253,13 @@ def resume_at(
     read = read.to(dev)
     n_pos = base.resid_final.shape[1]
     p_end = int(read.max())
-    n_keys, H = p_end + 1, c.n_heads
-    if major is None:
-        major = heads_major(base, n_keys)
+    n_keys, H, e = p_end + 1, c.n_heads, c.d_head
+    if qkv_base is None:
+        qkv_base = base_qkv(base, n_keys)
     work = {} if work is None else work
     b, r = rows.shape[0], read.shape[0]
     row, pos, first, p0 = _tokens(at, p_end)  # [T] each
+    n_tok = row.shape[0]
     slot = torch.full((n_pos,), -1, dtype=torch.long, device=dev)  # position -> read index
     slot[read] = torch.arange(r, device=dev)
     at_read = (slot[pos] >= 0).nonzero().flatten()  # [Tr] the tokens whose logits are read
@@ -257,58 +267,55 @@ def resume_at(
     stream = base.resid_pre[layer] if layer < c.n_layers else base.resid_final  # [n, n_pos, d]
     x = stream.flatten(0, 1).index_select(0, rows[row] * n_pos + pos)  # [T, d]
     x.index_copy_(0, first, x_at)
-    kv_all = _flat(row, pos, H, n_keys)  # [T*H] into [b, H, P, e]
-    q_mid = _flat(row, pos - p0, H, n_keys - p0)  # [T*H] into [b, H, L, e]
-    q_last = _flat(row[at_read], torch.searchsorted(q_read, pos[at_read]), H, len(q_read))  # [Tr*H] into [b, H, Lr, e]
-    kv_first = kv_all.view(-1, H)[first].flatten()  # [b*H]
-    q_first = q_mid.view(-1, H)[first].flatten()  # [b*H]
-    first_read = slot[at] >= 0  # [b] rows whose first token is read
-    new = first  # the tokens whose input to the current layer is not the base run's
+    # where each layer's attention inputs come from: the first layer's new tokens are each row's
+    # first (patched) one, the later layers' every packed token
+    new_first = torch.full((b, n_keys), -1, dtype=torch.long, device=dev)  # [b, P]
+    new_first[torch.arange(b, device=dev), at] = torch.arange(b, device=dev)
+    new_all = torch.full((b, n_keys), -1, dtype=torch.long, device=dev)  # [b, P]
+    new_all[row, pos] = torch.arange(n_tok, device=dev)
+    keys_first, keys_all = _gather_index(new_first, rows, b, H), _gather_index(new_all, rows, n_tok, H)  # [b, H, P]
+    # queries: the recomputed positions' (the last layer: the read ones')
+    q_at = torch.arange(p0, n_keys, device=dev)  # [L]
+    queries_first, queries_all = keys_first[:, :, p0:].flatten(), keys_all[:, :, p0:].flatten()  # [b*H*L]
+    keys_first, keys_all = keys_first.flatten(), keys_all.flatten()  # [b*H*P]
+    queries_last = {False: keys_all.view(b, H, n_keys)[:, :, q_read].flatten(), True: keys_first.view(b, H, n_keys)[:, :, q_read].flatten()}  # [b*H*Lr]
+    # which heads' outputs are kept: every packed token's; in the last layer the read tokens'
+    head_ids = torch.arange(H, device=dev)  # [H]
+    z_mid = ((row[:, None] * H + head_ids) * (n_keys - p0) + (pos - p0)[:, None]).flatten()  # [T*H] into [b, H, L, e]
+    z_last = ((row[at_read, None] * H + head_ids) * len(q_read) + torch.searchsorted(q_read, pos[at_read])[:, None]).flatten()  # [Tr*H] into [b, H, Lr, e]
     scratch = attention._scratch
     for current in range(layer, c.n_layers):
         last = current == c.n_layers - 1
-        picked = slice(None) if new is None else new
-        x_new = x[picked]  # [t, d]
+        new_tokens = first if current == layer else None  # None: every packed token is new
+        x_new = x if new_tokens is None else x.index_select(0, new_tokens)  # [t, d]
+        pos_new = pos if new_tokens is None else at  # [t]
+        t = x_new.shape[0]
         weights = work.get(("qkv", current))
         if weights is None:
             weights = work[("qkv", current)] = packed.qkv_weights(view, current)
-        out_qkv = scratch(work, "qkv", (x_new.shape[0], weights[1].shape[0]), x)  # [t, (H + 2 Hk) e]
-        q, k, v = packed.qkv(view, current, x_new, pos[picked], out_qkv, weights)  # [t, H, e], [t, Hk, e], [t, Hk, e]
-        if k.shape[1] != H:  # grouped key/value heads: one per query head, as base stores them
-            k, v = (t.repeat_interleave(c.kv_group, dim=1) for t in (k, v))  # [t, H, e]
-        e = q.shape[-1]
-        base_q, base_k, base_v = major[current]  # [n, H, P, e]
-        # the base run's keys and values, with the new tokens' put in
-        into = kv_all if new is None else kv_first
-        k_all = torch.index_select(base_k, 0, rows, out=scratch(work, "k", (b,) + base_k.shape[1:], k))  # [b, H, P, e]
-        v_all = torch.index_select(base_v, 0, rows, out=scratch(work, "v", (b,) + base_v.shape[1:], v))  # [b, H, P, e]
-        k_all.view(-1, e).index_copy_(0, into, k.reshape(-1, e))
-        v_all.view(-1, e).index_copy_(0, into, v.reshape(-1, e))
-        # queries at the recomputed positions (the last layer: at the read ones): the base
-        # run's where the input is the base run's (the first layer), the new ones elsewhere
-        if last:
-            q_pos = q_read
-            q_all = base_q.index_select(0, rows).index_select(2, q_read) if new is not None else scratch(work, "q", (b, H, len(q_read), e), q).zero_()  # [b, H, Lr, e]
-            if new is None:
-                q_all.view(-1, e).index_copy_(0, q_last, q.index_select(0, at_read).reshape(-1, e))
-            elif bool(first_read.any()):
-                sel = first_read.nonzero().flatten()  # rows whose new first token is read
-                q_idx = _flat(sel, torch.searchsorted(q_read, at[sel]), H, len(q_read))
-                q_all.view(-1, e).index_copy_(0, q_idx, q.index_select(0, sel).reshape(-1, e))
-            out_idx = q_last
+        base_rows = qkv_base[current]  # [n*P*H, 3e]
+        source = scratch(work, "source", (t * H + base_rows.shape[0], 3 * e), x)  # new tokens' rows, then the base run's
+        packed.qkv(view, current, x_new, pos_new, source[: t * H].view(t, H, 3, e), weights)
+        source[t * H :].copy_(base_rows)
+        first_layer = new_tokens is not None
+        if last:  # queries at the read positions only
+            q_pos, q_index, out_idx = q_read, queries_last[first_layer], z_last
         else:
-            q_pos = torch.arange(p0, n_keys, device=dev)  # [L]
-            q_all = base_q[:, :, p0:].index_select(0, rows) if new is not None else scratch(work, "q", (b, H, len(q_pos), e), q).zero_()  # [b, H, L, e]
-            q_all.view(-1, e).index_copy_(0, q_mid if new is None else q_first, q.reshape(-1, e))
-            out_idx = q_mid
-        z = attention._mix_small(c, current, q_all, k_all, v_all, q_pos, work)  # [b, H, Lq, e]
+            q_pos, q_index, out_idx = q_at, queries_first if first_layer else queries_all, z_mid
+        k_index = keys_first if first_layer else keys_all
+        # each port gathered into its own contiguous [b, H, n, e] (the batched matmuls want one
+        # stride between heads)
+        q, k, v = (
+            torch.index_select(source[:, i * e : (i + 1) * e], 0, index, out=scratch(work, name, (index.shape[0], e), x)).view(b, H, -1, e)
+            for i, (name, index) in enumerate((("q", q_index), ("k", k_index), ("v", k_index)))
+        )  # [b, H, Lq, e], [b, H, P, e], [b, H, P, e]
+        z = attention._mix_small(c, current, q, k, v, q_pos, work)  # [b, H, Lq, e]
         z = torch.index_select(z.reshape(-1, e), 0, out_idx, out=scratch(work, "zt", (len(out_idx), e), z)).view(-1, H * e)  # [t, H*e]
         heads = torch.addmm(view.b_O[current], z, view.W_O[current].flatten(0, 1), out=scratch(work, "heads", (z.shape[0], c.d_model), z))  # [t, d]
         attn = view.attn_write(current, heads, with_bias=False)  # [t, d]
         x_in = x if not last else x.index_select(0, at_read)  # [t, d]
         if c.attn_only:
             x = x_in + attn
-            new = None
             continue
         t = x_in.shape[0]
         hidden, out = scratch(work, "hidden", (t, c.d_mlp), x), scratch(work, "mlp", (t, c.d_model), x)
@@ -317,7 +324,6 @@ def resume_at(
         else:
             mid = torch.add(x_in, attn, out=scratch(work, "mid", x_in.shape, x))  # [t, d]
             x = mid + packed.mlp_into(view, current, mid, hidden, out)  # [t, d]
-        new = None
     final = x if layer < c.n_layers else x.index_select(0, at_read)  # [Tr, d] the read tokens
     logits = base.logits.index_select(1, read).index_select(0, rows)  # [b, r, v]
     logits.flatten(0, 1).index_copy_(0, row[at_read] * r + slot[pos[at_read]], view.unembed(final))
