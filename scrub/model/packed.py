@@ -31,15 +31,18 @@ IN_PLACE = {
 
 
 def qkv_weights(view: ModelView, layer: int) -> tuple[Tensor, Tensor]:
-    """``W_Q``, ``W_K``, ``W_V`` of ``layer`` interleaved by query head, ``[d, H * 3 * e]`` (head
-    ``h``'s query, key and value columns side by side; grouped-query models: the key and value
-    of ``h``'s key/value head, repeated), and their biases ``[H * 3 * e]``: one matmul gives every
-    head's q, k and v in the layout `qkv` writes."""
-    group = view.config.kv_group
-    W_K, W_V, b_K, b_V = (t[layer].repeat_interleave(group, dim=0) for t in (view.W_K, view.W_V, view.b_K, view.b_V))
-    W = torch.stack([view.W_Q[layer], W_K, W_V], dim=1)  # [H, 3, d, e]
-    b = torch.stack([view.b_Q[layer], b_K, b_V], dim=1)  # [H, 3, e]
-    return W.permute(2, 0, 1, 3).reshape(W.shape[2], -1), b.flatten()
+    """``W_Q``, ``W_K``, ``W_V`` of ``layer`` side by side for one matmul, and their biases: with
+    one key/value head per query head interleaved by head, ``[d, H * 3 * e]`` (head ``h``'s
+    query, key and value columns together: the layout `qkv` writes); with grouped key/value
+    heads ``[d, (H + 2 Hk) e]`` (queries, then keys, then values), each key/value head computed
+    once and repeated by `qkv`."""
+    W_Q, W_K, W_V = view.W_Q[layer], view.W_K[layer], view.W_V[layer]  # [H, d, e], [Hk, d, e], [Hk, d, e]
+    b_Q, b_K, b_V = view.b_Q[layer], view.b_K[layer], view.b_V[layer]  # [H, e], [Hk, e], [Hk, e]
+    if view.config.kv_group == 1:
+        W = torch.stack([W_Q, W_K, W_V], dim=1)  # [H, 3, d, e]
+        return W.permute(2, 0, 1, 3).reshape(W.shape[2], -1), torch.stack([b_Q, b_K, b_V], dim=1).flatten()
+    W = torch.cat([W_Q, W_K, W_V])  # [H + 2 Hk, d, e]
+    return W.permute(1, 0, 2).reshape(W.shape[1], -1), torch.cat([b_Q, b_K, b_V]).flatten()
 
 
 def qkv(
@@ -60,8 +63,16 @@ def qkv(
             y = view._port(layer, slice(None), port, x_n[:, None], pos)  # [t, h, 1, e]
             out[:, :, i] = y[:, :, 0].repeat_interleave(c.n_heads // y.shape[1], dim=1)  # [t, H, e] (k, v: per query head)
         return out
-    W, b = qkv_weights(view, layer) if weights is None else weights  # [d, H*3*e], [H*3*e]
-    torch.addmm(b, x_n, W, out=out.view(x.shape[0], -1))  # [t, H*3*e]
+    W, b = qkv_weights(view, layer) if weights is None else weights  # [d, H*3*e] or [d, (H + 2 Hk) e]
+    t, H, group = x.shape[0], c.n_heads, c.kv_group
+    if group == 1:
+        torch.addmm(b, x_n, W, out=out.view(t, -1))  # [t, H*3*e]
+    else:  # each key/value head once, then repeated for the query heads that read it
+        y = torch.addmm(b, x_n, W).view(t, -1, c.d_head)  # [t, H + 2 Hk, e]
+        hk = (y.shape[1] - H) // 2
+        out[:, :, 0] = y[:, :H]
+        for i, part in ((1, y[:, H : H + hk]), (2, y[:, H + hk :])):  # [t, Hk, e]
+            out[:, :, i].view(t, hk, group, c.d_head).copy_(part[:, :, None].expand(t, hk, group, c.d_head))
     if c.positional == "rotary":
         assert c.rotary_dim is not None  # checked by ViewConfig
         for i in (0, 1):  # q and k, laid out [t, H, 1, e] as `attention.project` gives them
