@@ -6,6 +6,7 @@ same arithmetic, but for single residual-stream vectors ``[t, d]`` and written i
 sweep's calls share (a sweep makes many calls; fresh multi-megabyte tensors cost page faults):
 
 * `qkv_weights` / `qkv`: every head's query, key and value in one matmul, interleaved by head;
+* `ports`: every head's query, key and value of a ``[b, n, d]`` stream (the general path);
 * `mlp_into`: a plain MLP into given buffers, its activation in place.
 """
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from scrub.model.rotary import rotate
 from scrub.model.view import ModelView
 
-__all__ = ["qkv_weights", "qkv", "mlp_into"]
+__all__ = ["qkv_weights", "qkv", "ports", "mlp_into"]
 
 # In-place forms of `scrub.model.mlps.ACTIVATIONS` (the same kernels), for `mlp_into`.
 IN_PLACE = {
@@ -79,6 +80,23 @@ def qkv(
             port = out[:, :, i : i + 1]
             port.copy_(rotate(port, pos, c.rotary_dim, c.rotary_base, c.rotary_pairing, view.rotary_inv_freq))
     return out
+
+
+def ports(
+    view: ModelView, layer: int, x: Tensor, positions: Tensor, q_index: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every head's query, key and value of ``layer`` on the residual stream ``x [b, n, d]`` at
+    ``positions [n]``, one norm for the three ports: ``[b, H, q, e]``, ``[b, Hk, n, e]``,
+    ``[b, Hk, n, e]``; queries only at the offsets ``q_index`` into ``x`` when given (else at
+    every one). What `ModelView.head_projection` gives per head, for all heads at once."""
+    x_n = view._ln1(layer, x)  # [b, n, d]
+    q_in = x_n if q_index is None else x_n[:, q_index]  # [b, q, d]
+    q_pos = positions if q_index is None else positions[q_index]  # [q]
+    heads = slice(None)
+    q = view._port(layer, heads, "q", q_in, q_pos)  # [b, H, q, e]
+    k = view._port(layer, heads, "k", x_n, positions)  # [b, Hk, n, e]
+    v = view._port(layer, heads, "v", x_n, positions)  # [b, Hk, n, e]
+    return q, k, v
 
 
 def mlp_into(view: ModelView, layer: int, x: Tensor, hidden: Tensor, out: Tensor) -> Tensor:

@@ -50,30 +50,19 @@ def after_layer(view: ModelView, base: CleanPass, layer: int) -> Tensor:
     return base.resid_final
 
 
-# The layer's pieces (`scrub.model.attention`): every head in one matmul per port, the sum over
-# heads in one matmul through W_O. Without them, the per-head public functions below are used.
-_FAST = hasattr(attention, "mix") and all(hasattr(ModelView, f) for f in ("_ln1", "_port"))
-
-
 def _fast(view: ModelView) -> bool:
-    """Whether the all-heads path applies: the attention pieces exist, learned or shortformer
-    positions, as many key/value heads as query heads."""
+    """Whether the all-heads path applies (every head in one matmul per port, the sum over heads
+    in one matmul through ``W_O``): learned or shortformer positions, as many key/value heads as
+    query heads. Elsewhere the per-head public functions are used."""
     cfg = view.config
-    kv_heads = getattr(cfg, "n_key_value_heads", None)
-    return _FAST and cfg.positional in ("standard", "shortformer") and kv_heads in (None, cfg.n_heads)
+    return cfg.positional in ("standard", "shortformer") and cfg.n_kv_heads == cfg.n_heads
 
 
 def _all_heads(view: ModelView, base: CleanPass, rows: Tensor, layer: int, x: Tensor, p0: int, q_index: Optional[Tensor]) -> Tensor:
     """`head_block` for every head at once, summed over heads (plus ``b_O``)."""
-    n_x = x.shape[1]
-    positions = torch.arange(p0, p0 + n_x, device=view.device)  # [len]
-    x_n = view._ln1(layer, x)  # [b, len, d] one LayerNorm for the three ports
-    q_in = x_n if q_index is None else x_n[:, q_index]  # [b, q, d]
+    positions = torch.arange(p0, p0 + x.shape[1], device=view.device)  # [len]
     q_pos = positions if q_index is None else positions[q_index]  # [q]
-    heads = slice(None)
-    q = view._port(layer, heads, "q", q_in, q_pos)  # [b, H, q, e]
-    k = view._port(layer, heads, "k", x_n, positions)  # [b, H, len, e] (as many key/value heads: see _fast)
-    v = view._port(layer, heads, "v", x_n, positions)  # [b, H, len, e]
+    q, k, v = packed.ports(view, layer, x, positions, q_index)  # [b, H, q, e], [b, H, len, e] x 2 (see _fast)
     if p0 > 0:
         k = torch.cat([base.head_k[layer][rows, :p0].transpose(1, 2), k], dim=2)  # [b, H, p0+len, e]
         v = torch.cat([base.head_v[layer][rows, :p0].transpose(1, 2), v], dim=2)  # [b, H, p0+len, e]
