@@ -21,7 +21,7 @@ from scrub.data import Dataset
 from scrub.errors import ScrubError
 from scrub.metrics import Metric
 from scrub.model import CleanPass, ModelView
-from scrub.patching.forward import after_attention, after_layer, base_qkv, resume, resume_at
+from scrub.patching.forward import after_attention, after_layer, resume, resume_at
 from scrub.patching.inputs import Inputs, prepare
 from scrub.patching.result import PatchingResult, build_result
 from scrub.patching.sites import Site, expand, resolve_positions, resolve_sites
@@ -237,7 +237,6 @@ def patched_metrics(
         groups[(layer, stage, single and not view.config.attn_only)].append((p0, i))
     all_rows = torch.arange(n, device=view.device)
     with torch.no_grad():
-        qkv_base = base_qkv(passes.base, p_end + 1) if at_one else ()
         work: dict = {}  # buffers the calls share
         for (layer, stage), members in at_one.items():
             first = layer if stage == "pre" else layer + 1  # the first layer recomputed
@@ -245,7 +244,7 @@ def patched_metrics(
                 rows = all_rows.repeat(len(chunk))  # [c*n]
                 at = torch.tensor([cells[i].position for i in chunk], device=view.device).repeat_interleave(n)  # [c*n]
                 x_at = _stream_at(view, passes, [cells[i] for i in chunk], all_rows)  # [c*n, d]
-                logits = resume_at(view, passes.base, rows, first, at, x_at, read, qkv_base, work)  # [c*n, r, v]
+                logits = resume_at(view, passes.base, rows, first, at, x_at, read, work=work)  # [c*n, r, v]
                 values = _score_at(inputs, passes, rows, read, torch.ones_like(read, dtype=torch.bool), logits)
                 out[chunk] = values.reshape(len(chunk), n).cpu()
         for (layer, stage, single), members in groups.items():

@@ -33,7 +33,7 @@ from torch import Tensor
 from scrub.errors import ScheduleError
 from scrub.model import CleanPass, ModelView, attention, packed
 
-__all__ = ["resume", "resume_at", "base_qkv", "after_attention", "after_layer", "head_block"]
+__all__ = ["resume", "resume_at", "after_attention", "after_layer", "head_block"]
 
 
 def after_attention(view: ModelView, base: CleanPass, layer: int) -> Tensor:
@@ -186,20 +186,10 @@ def _tokens(at: Tensor, p_end: int) -> tuple[Tensor, Tensor, Tensor, int]:
     return row, off + p0, first, p0
 
 
-def base_qkv(base: CleanPass, n_keys: int) -> tuple[Tensor, ...]:
-    """Per layer, the base run's queries, keys and values at positions ``0..n_keys-1``, laid out
-    as `packed.qkv` writes new ones: ``[n * n_keys * H, 3 * e]`` (row ``(i * n_keys + p) * H + h``
-    holds head ``h``'s q, k and v at row ``i``, position ``p``): what `resume_at` gathers each
-    layer's attention inputs from."""
-    return tuple(
-        torch.stack([q[:, :n_keys], k[:, :n_keys], v[:, :n_keys]], dim=3).flatten(0, 2).flatten(1)  # [n*P*H, 3e]
-        for q, k, v in zip(base.head_q, base.head_k, base.head_v)
-    )
-
-
 def _gather_index(new: Tensor, rows: Tensor, n_new: int, n_heads: int) -> Tensor:
     """Where each (row, head, position) of the attention inputs ``[b, H, P]`` comes from in a
-    source of ``n_new`` new tokens' rows followed by `base_qkv`'s: ``new [b, P]`` is the index
+    source of ``n_new`` new tokens' rows followed by the base run's (row ``(i * P + p) * H + h``
+    for base row ``i``, position ``p``, head ``h``): ``new [b, P]`` is the index
     of the new token at that row and position (``-1``: the base run's, of base row ``rows[i]``).
     ``[b, H, P]``."""
     b, n_keys = new.shape
@@ -217,7 +207,6 @@ def resume_at(
     at: Int[Tensor, "b"],
     x_at: Float[Tensor, "b d"],
     read: Int[Tensor, "r"],
-    qkv_base: Optional[tuple[Tensor, ...]] = None,
     work: Optional[dict] = None,
 ) -> Float[Tensor, "b r v"]:
     """Logits at the absolute positions ``read`` (ascending) when the residual stream entering
@@ -229,22 +218,19 @@ def resume_at(
     without recomputing the positions between them); in ``layer`` only position ``at[i]`` gets
     new queries, keys and values (the others are the base run's); in the last layer only the
     read positions' outputs. Each layer's queries, keys and values are gathered from the new
-    tokens' (`packed.qkv`) and the base run's (`base_qkv`) into ``[b, H, P, e]`` each, every row
+    tokens' (`packed.qkv`) and the base run's into ``[b, H, P, e]`` each, every row
     padded to positions ``0..max(read)`` with the base run's (gathers of rows, not scatters: a
     scatter of short rows is several times slower on CPU). Logits at read positions before
-    ``at[i]`` are the base run's.
-    ``qkv_base``: `base_qkv` of ``base`` for ``max(read) + 1`` keys (computed when not given);
-    ``work``: buffers reused across calls (a dict, kept by the caller between calls)."""
+    ``at[i]`` are the base run's. ``work``: buffers reused across calls (a dict, kept by the
+    caller between calls)."""
     c = view.config
     if not c.causal:
         raise ScheduleError("resume_at continues a causal model only (a patch at one position reaches every position of a bidirectional one); use resume")
     dev = view.device
     read = read.to(dev)
-    n_pos = base.resid_final.shape[1]
+    n_base, n_pos = base.resid_final.shape[:2]
     p_end = int(read.max())
     n_keys, H, e = p_end + 1, c.n_heads, c.d_head
-    if qkv_base is None:
-        qkv_base = base_qkv(base, n_keys)
     work = {} if work is None else work
     b, r = rows.shape[0], read.shape[0]
     row, pos, first, p0 = _tokens(at, p_end)  # [T] each
@@ -282,10 +268,11 @@ def resume_at(
         weights = work.get(("qkv", current))
         if weights is None:
             weights = work[("qkv", current)] = packed.qkv_weights(view, current)
-        base_rows = qkv_base[current]  # [n*P*H, 3e]
-        source = scratch(work, "source", (t * H + base_rows.shape[0], 3 * e), x)  # new tokens' rows, then the base run's
+        source = scratch(work, "source", ((t + n_base * n_keys) * H, 3 * e), x)  # new tokens' rows, then the base run's
         packed.qkv(view, current, x_new, pos_new, source[: t * H].view(t, H, 3, e), weights)
-        source[t * H :].copy_(base_rows)
+        stored = source[t * H :].view(n_base, n_keys, H, 3, e)
+        for i, port in enumerate((base.head_q, base.head_k, base.head_v)):
+            stored[:, :, :, i].copy_(port[current][:, :n_keys])  # [n, P, H, e]
         first_layer = new_tokens is not None
         if last:  # queries at the read positions only
             q_pos, q_index, out_idx = q_read, queries_last[first_layer], z_last
