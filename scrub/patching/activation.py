@@ -12,7 +12,7 @@ recomputed (row, position) tokens, cells of different positions packed together.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -21,12 +21,13 @@ from scrub.data import Dataset
 from scrub.errors import ScrubError
 from scrub.metrics import Metric
 from scrub.model import CleanPass, ModelView
+from scrub.patching.chunks import check_budget, row_parts
 from scrub.patching.forward import after_attention, after_layer, resume, resume_at
 from scrub.patching.inputs import Inputs, prepare
 from scrub.patching.result import PatchingResult, build_result
 from scrub.patching.sites import Site, expand, resolve_positions, resolve_sites
 
-__all__ = ["activation_patch", "Passes", "score", "patched_metrics"]
+__all__ = ["activation_patch", "Passes", "score", "patched_metrics", "over_rows"]
 
 
 class Passes:
@@ -42,6 +43,22 @@ class Passes:
         self.clean_metric = score(inputs.metric, clean.logits, inputs.data, clean.logits)  # [n]
         self.corrupt_metric = score(inputs.metric, corrupt.logits, inputs.data, clean.logits)  # [n]
         self.base_metric = self.corrupt_metric if inputs.direction == "denoise" else self.clean_metric
+
+
+def over_rows(
+    inputs: Inputs, budget_mb: float, run: Callable[[Inputs, Passes], Tensor], passes: int = 2
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``run(part, Passes(part))`` (per cell and row, ``[cells, m]``) on slices of the rows that fit
+    ``budget_mb`` (`scrub.patching.chunks.row_parts`; ``passes``: how many stored passes' worth of
+    memory a row takes), joined: ``(values [cells, n], clean metric [n], corrupt metric [n])``."""
+    values, clean, corrupt = [], [], []
+    for part in row_parts(inputs, budget_mb, passes):
+        stored = Passes(part)
+        values.append(run(part, stored).cpu())
+        clean.append(stored.clean_metric.cpu())
+        corrupt.append(stored.corrupt_metric.cpu())
+        del stored  # the next slice's passes take its place
+    return torch.cat(values, 1), torch.cat(clean), torch.cat(corrupt)
 
 
 def score(metric: Metric, logits: Tensor, batch: Dataset, clean_logits: Optional[Tensor]) -> Tensor:
@@ -274,6 +291,7 @@ def activation_patch(
     positions: Any = "all",
     seeds: Any = (0,),
     batch_rows: int = 4096,
+    memory_budget_mb: Optional[float] = None,
 ) -> PatchingResult:
     """Patch each component's activation between a clean and a corrupted run, one cell at a time.
 
@@ -306,6 +324,9 @@ def activation_patch(
         seeds: seeds of the resampling generator (a `Feature` ``corrupt`` only); rows of all
             seeds are pooled.
         batch_rows: about how many rows one batched call holds.
+        memory_budget_mb: about how much memory the two stored passes may take (None: 4096);
+            more rows than fit are swept in slices, each with its own passes, with the same
+            numbers (`scrub.patching.chunks`).
 
     Returns:
         A `PatchingResult`; standard errors come from per-row linearisation of the ratio of means.
@@ -319,6 +340,6 @@ def activation_patch(
     cells = expand(sites, resolve_positions(positions, data.n_pos))
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ScrubError(f"batch_rows={batch_rows!r}: pass a positive int (rows per batched call)")
-    passes = Passes(inputs)
-    values = patched_metrics(inputs, passes, cells, batch_rows)
-    return build_result("activation", inputs, cells, values, passes.clean_metric, passes.corrupt_metric)
+    budget = check_budget(memory_budget_mb)
+    values, clean_metric, corrupt_metric = over_rows(inputs, budget, lambda part, passes: patched_metrics(part, passes, cells, batch_rows))
+    return build_result("activation", inputs, cells, values, clean_metric, corrupt_metric)

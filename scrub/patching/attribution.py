@@ -19,7 +19,7 @@ AtP*'s fixes (recomputing the softmax for q/k patches, GradDrop) are not impleme
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import attrs
 import torch
@@ -28,7 +28,8 @@ from torch import Tensor
 from scrub.data import Dataset
 from scrub.errors import MetricError, ScrubError
 from scrub.model import ModelView
-from scrub.patching.activation import Passes, activation_patch
+from scrub.patching.activation import Passes, activation_patch, over_rows
+from scrub.patching.chunks import check_budget
 from scrub.patching.inputs import Inputs, prepare
 from scrub.patching.result import PatchingResult, agreement, build_result
 from scrub.patching.sites import Site, expand, resolve_positions, resolve_sites
@@ -129,10 +130,12 @@ def attribution_patch(
     seeds: Any = (0,),
     compare: bool = False,
     qk_fix: bool = False,
+    memory_budget_mb: Optional[float] = None,
 ) -> PatchingResult:
     """First-order estimates of `activation_patch`'s effects for the same sweep.
 
-    Arguments as in `activation_patch`. With ``qk_fix=True`` (AtP*'s query/key fix) a cell on a
+    Arguments as in `activation_patch` (``memory_budget_mb`` counts the gradient pass as two
+    more stored passes). With ``qk_fix=True`` (AtP*'s query/key fix) a cell on a
     head's ``q`` or ``k`` recomputes that head's attention exactly with the patched vector, and
     only the head's output change is linearised: ``(out_patched - out_base) . d metric / d out``,
     which removes the softmax saturation error. With ``compare=True`` exact activation patching
@@ -154,29 +157,34 @@ def attribution_patch(
         )
     sites = resolve_sites(inputs.view, components)
     cells = expand(sites, resolve_positions(positions, data.n_pos))
-    passes = Passes(inputs)
+    budget = check_budget(memory_budget_mb)
     kinds = {s.kind for s in cells} | ({"head"} if qk_fix else set())
-    grads = gradients(inputs, kinds)
-    estimates = torch.empty(len(cells), len(inputs.data), dtype=torch.float64)
-    for i, site in enumerate(cells):
-        if qk_fix and site.kind in ("q", "k"):
-            diff = _head_change(inputs.view, passes, site)  # [n, p, d]
-            product = diff * grads[("head", site.layer)][:, :, site.head]
+
+    def run(part: Inputs, passes: Passes) -> Tensor:
+        grads = gradients(part, kinds)
+        estimates = torch.empty(len(cells), len(part.data), dtype=torch.float64)
+        for i, site in enumerate(cells):
+            if qk_fix and site.kind in ("q", "k"):
+                diff = _head_change(part.view, passes, site)  # [n, p, d]
+                product = diff * grads[("head", site.layer)][:, :, site.head]
+                estimates[i] = product.reshape(product.shape[0], -1).sum(-1).double().cpu()
+                continue
+            diff = _activation(passes, "source", site.kind, site.layer) - _activation(passes, "base", site.kind, site.layer)
+            product = diff * grads[(site.kind, site.layer)]  # [n, p, (H,) .]
+            if site.head is not None:
+                product = product[:, :, site.head]
+            if site.position is not None:
+                product = product[:, site.position]
             estimates[i] = product.reshape(product.shape[0], -1).sum(-1).double().cpu()
-            continue
-        diff = _activation(passes, "source", site.kind, site.layer) - _activation(passes, "base", site.kind, site.layer)
-        product = diff * grads[(site.kind, site.layer)]  # [n, p, (H,) .]
-        if site.head is not None:
-            product = product[:, :, site.head]
-        if site.position is not None:
-            product = product[:, site.position]
-        estimates[i] = product.reshape(product.shape[0], -1).sum(-1).double().cpu()
-    values = passes.base_metric[None, :] + estimates  # [cells, n] estimated patched metric
-    result = build_result("attribution", inputs, cells, values, passes.clean_metric, passes.corrupt_metric)
+        return passes.base_metric.cpu()[None, :] + estimates  # [cells, n] estimated patched metric
+
+    values, clean_metric, corrupt_metric = over_rows(inputs, budget, run, passes=4)
+    result = build_result("attribution", inputs, cells, values, clean_metric, corrupt_metric)
     if compare:
         exact = activation_patch(
             inputs.view, data, components,
             direction=direction, corrupt=corrupt, metric=metric, positions=positions, seeds=seeds,
+            memory_budget_mb=budget,
         )
         result = attrs.evolve(result, agreement=agreement(result, exact))
     return result

@@ -18,7 +18,7 @@ in activation patching (0 = corrupted run, 1 = clean run).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -26,7 +26,8 @@ from torch import Tensor
 from scrub.components import MLP, Head
 from scrub.data import Dataset
 from scrub.errors import ComponentError, ScrubError
-from scrub.patching.activation import Passes, score
+from scrub.patching.activation import Passes, over_rows, score
+from scrub.patching.chunks import check_budget
 from scrub.patching.forward import after_attention, resume
 from scrub.patching.inputs import Inputs, prepare
 from scrub.patching.result import PatchingResult, build_result
@@ -164,6 +165,7 @@ def path_patch(
     metric: Any = None,
     seeds: Any = (0,),
     batch_rows: int = 4096,
+    memory_budget_mb: Optional[float] = None,
 ) -> PatchingResult:
     """The effect of each sender through the receivers' ports only (everything else as in the
     base run), as a `PatchingResult` with one cell per sender.
@@ -173,7 +175,7 @@ def path_patch(
             of no receiver are left out of the sweep.
         receivers: ``(Head(l, h), "q"|"k"|"v")``, ``(MLP(l), "in")``, ``"logits"``, or a list:
             all of them receive the sender together.
-        direction, corrupt, metric, seeds, batch_rows: as in `activation_patch`.
+        direction, corrupt, metric, seeds, batch_rows, memory_budget_mb: as in `activation_patch`.
 
     Raises:
         ComponentError: an unknown sender or receiver, a bad port, no sender upstream of any
@@ -196,13 +198,18 @@ def path_patch(
         )
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ScrubError(f"batch_rows={batch_rows!r}: pass a positive int (rows per batched call)")
-    passes = Passes(inputs)
-    read = torch.tensor(inputs.read_positions(), device=view.device)
-    n = len(inputs.data)
-    per_call = max(1, batch_rows // n)
-    values = torch.empty(len(sites), n, dtype=torch.float64)
-    with torch.no_grad():
-        for start in range(0, len(sites), per_call):
-            chunk = sites[start : start + per_call]
-            values[start : start + len(chunk)] = _run_chunk(inputs, passes, chunk, resolved, read).reshape(len(chunk), n).cpu()
-    return build_result("path", inputs, sites, values, passes.clean_metric, passes.corrupt_metric, receiver=_label(resolved), receivers=tuple(resolved))
+    budget = check_budget(memory_budget_mb)
+
+    def run(part: Inputs, passes: Passes) -> Tensor:
+        read = torch.tensor(part.read_positions(), device=view.device)
+        n = len(part.data)
+        per_call = max(1, batch_rows // n)
+        values = torch.empty(len(sites), n, dtype=torch.float64)
+        with torch.no_grad():
+            for start in range(0, len(sites), per_call):
+                chunk = sites[start : start + per_call]
+                values[start : start + len(chunk)] = _run_chunk(part, passes, chunk, resolved, read).reshape(len(chunk), n).cpu()
+        return values
+
+    values, clean_metric, corrupt_metric = over_rows(inputs, budget, run)
+    return build_result("path", inputs, sites, values, clean_metric, corrupt_metric, receiver=_label(resolved), receivers=tuple(resolved))
