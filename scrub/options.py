@@ -32,6 +32,7 @@ __all__ = [
     "ENGINE_NAMES",
     "MIN_MEMORY_BUDGET_MB",
     "MIN_N_BOOT",
+    "check_memory_budget",
     "check_model",
     "check_dataset",
     "check_hypothesis",
@@ -114,7 +115,9 @@ def _batch_size(value: Any) -> Optional[int]:
     return _count("batch_size", 1, "all reference rows in one chunk")(value)
 
 
-def _memory(value: Any) -> Optional[float]:
+def check_memory_budget(value: Any) -> Optional[float]:
+    """``memory_budget_mb`` as a float (``None`` stays ``None``: the default); an `OptionsError`
+    naming the rule otherwise. The engine's option and the patching sweeps' argument."""
     allowed = (f"a number of megabytes >= {MIN_MEMORY_BUDGET_MB:g} (smaller budgets cut the work into "
                f"so many chunks that bookkeeping dominates), or None for the default (4096)")
     if value is None:
@@ -192,7 +195,7 @@ class RunOptions:
     n: Optional[int] = attrs.field(default=None, converter=_count("n", 1, "all rows"))
     engine: Optional[str] = attrs.field(default=None, converter=_engine)
     batch_size: Optional[int] = attrs.field(default=None, converter=_batch_size)
-    memory_budget_mb: Optional[float] = attrs.field(default=None, converter=_memory)
+    memory_budget_mb: Optional[float] = attrs.field(default=None, converter=check_memory_budget)
     ci_level: float = attrs.field(default=0.95, converter=_ci_level)
     n_boot: int = attrs.field(default=1000, converter=_count("n_boot", MIN_N_BOOT))
     baseline: Optional[Hypothesis] = attrs.field(default=None, converter=_baseline)

@@ -11,33 +11,25 @@ computed over all rows at the end.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
 import torch
 
-from scrub.errors import ScrubError
 from scrub.model import ModelView
+from scrub.options import check_memory_budget
 from scrub.patching.inputs import Inputs
 
 __all__ = ["DEFAULT_BUDGET_MB", "check_budget", "bytes_per_row", "row_parts"]
 
 DEFAULT_BUDGET_MB = 4096.0  # as the batched engine's default working-memory budget
-MIN_BUDGET_MB = 16.0
 
 
 def check_budget(value: Any) -> float:
-    """``memory_budget_mb`` as a float (``None``: `DEFAULT_BUDGET_MB`); a `ScrubError` naming the
-    rule and the fix for anything else."""
-    if value is None:
-        return DEFAULT_BUDGET_MB
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < MIN_BUDGET_MB:
-        raise ScrubError(
-            f"memory_budget_mb={value!r}: pass a number of megabytes >= {MIN_BUDGET_MB:g} (the memory the "
-            f"sweep's stored passes may take; rows are swept in slices that fit), or None for {DEFAULT_BUDGET_MB:g}"
-        )
-    return float(value)
+    """``memory_budget_mb`` checked as the engine's option is (`scrub.options.check_memory_budget`),
+    ``None`` read as `DEFAULT_BUDGET_MB`."""
+    checked = check_memory_budget(value)
+    return DEFAULT_BUDGET_MB if checked is None else checked
 
 
 def bytes_per_row(view: ModelView, n_pos: int, passes: int = 2) -> int:
