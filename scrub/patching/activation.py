@@ -27,7 +27,7 @@ from scrub.patching.inputs import Inputs, prepare
 from scrub.patching.result import PatchingResult, build_result
 from scrub.patching.sites import Site, expand, resolve_positions, resolve_sites
 
-__all__ = ["activation_patch", "Passes", "score", "patched_metrics", "over_rows"]
+__all__ = ["activation_patch", "Passes", "score", "patched_metrics", "over_rows", "write_change"]
 
 
 class Passes:
@@ -125,15 +125,21 @@ def _after_heads(view: ModelView, base: CleanPass, layer: int) -> Tensor:
     return after_layer(view, base, layer) if view.config.parallel_blocks else after_attention(view, base, layer)
 
 
+def write_change(view: ModelView, base: CleanPass, layer: int, delta: Tensor, rows: Any = slice(None), sl: slice = slice(None)) -> Tensor:
+    """How much the attention of ``layer`` adds to the stream changes (base rows ``rows``,
+    positions ``sl``) when the sum of its head outputs changes by ``delta [b, n, d]``: ``delta``
+    itself; with post-norms, where the attention writes ``N(sum_h o_h + b_O)``, the change of
+    the re-normalised patched sum (never ``N`` of the change alone)."""
+    if not view.config.post_norms:
+        return delta
+    total = base.head_out[layer][rows, sl].sum(2)  # [b, n, d]
+    return view.attn_write(layer, total + delta) - base.attn_out[layer][rows, sl]  # [b, n, d]
+
+
 def _heads_changed(view: ModelView, base: CleanPass, layer: int, rows: Tensor, sl: slice, delta: Tensor) -> Tensor:
     """The stream at a head patch's start (after the heads of ``layer``; after the whole layer
-    for parallel blocks) when the sum of the layer's head outputs changes by ``delta [b, n, d]``.
-    With post-norms the attention writes ``N(sum_h o_h + b_O)``: the patched sum is re-normalised."""
-    stream = _after_heads(view, base, layer)[rows, sl]  # [b, n, d]
-    if not view.config.post_norms:
-        return stream + delta
-    total = base.head_out[layer][rows, sl].sum(2)  # [b, n, d]
-    return stream - base.attn_out[layer][rows, sl] + view.attn_write(layer, total + delta)  # [b, n, d]
+    for parallel blocks) when the sum of the layer's head outputs changes by ``delta [b, n, d]``."""
+    return _after_heads(view, base, layer)[rows, sl] + write_change(view, base, layer, delta, rows, sl)  # [b, n, d]
 
 
 def _patched_stream(view: ModelView, passes: Passes, site: Site, rows: Tensor, p0: int, p_end: int) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor
 from scrub.components import MLP, Head
 from scrub.data import Dataset
 from scrub.errors import ComponentError, ScrubError
-from scrub.patching.activation import Passes, over_rows, score
+from scrub.patching.activation import Passes, over_rows, score, write_change
 from scrub.patching.chunks import check_budget
 from scrub.patching.forward import after_attention, resume
 from scrub.patching.inputs import Inputs, prepare
@@ -91,11 +91,7 @@ def _stream_delta(view, base, source, sender: Site) -> Tensor:
     if sender.kind == "mlp":
         return source.mlp_out[sender.layer] - base.mlp_out[sender.layer]  # [n, p, d]
     layer, h = sender.layer, sender.head
-    delta = source.head_out[layer][:, :, h] - base.head_out[layer][:, :, h]  # [n, p, d]
-    if not view.config.post_norms:
-        return delta
-    total = base.head_out[layer].sum(2)  # [n, p, d]
-    return view.attn_write(layer, total + delta) - base.attn_out[layer]  # [n, p, d]
+    return write_change(view, base, layer, source.head_out[layer][:, :, h] - base.head_out[layer][:, :, h])  # [n, p, d]
 
 
 def _label(receivers: Sequence[tuple[Any, str]]) -> str:
