@@ -37,6 +37,8 @@ __all__ = [
     "attention_mask",
     "soft_cap",
     "mix",
+    "mix_small",
+    "scratch",
 ]
 
 
@@ -127,7 +129,7 @@ def mix(config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: 
     return torch.matmul(weights, v)  # [b, h, pq, e]
 
 
-def _scratch(work: Optional[dict], name: str, shape: tuple, like: Tensor) -> Tensor:
+def scratch(work: Optional[dict], name: str, shape: tuple, like: Tensor) -> Tensor:
     """An uninitialised ``shape`` tensor: a view of the reusable buffer ``work[name]`` (grown
     when too small), or a new tensor when ``work`` is None."""
     if work is None:
@@ -139,14 +141,14 @@ def _scratch(work: Optional[dict], name: str, shape: tuple, like: Tensor) -> Ten
     return buf[:numel].view(shape)
 
 
-def _mix_small(
+def mix_small(
     config: ViewConfig, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, work: Optional[dict] = None
 ) -> Tensor:
     """`mix` for every head at once, computed as masked ``baddbmm``, softmax, ``bmm`` where that
     is faster than the fused kernel: small heads (``d_head <= 16``), several queries, float32 or
     float64, no soft cap or float32 / eager scores (the rest takes `mix`). Equal to `mix` within
     float32 rounding.
-    ``work``: buffers to compute in (`_scratch`); the result is one of them."""
+    ``work``: buffers to compute in (`scratch`); the result is one of them."""
     b, h, n_q, e = q.shape
     small = n_q > 1 and e <= 16 and q.dtype in (torch.float32, torch.float64) and q_pos.ndim == 1
     if not small or config.attn_softcap is not None or config.attn_fp32 or config.attn_eager:
@@ -157,8 +159,8 @@ def _mix_small(
     mask = attention_mask(config, layer, q_pos, n_k)  # [pq, pk] or None
     bias = q.new_zeros(n_q, n_k) if mask is None else q.new_zeros(n_q, n_k).masked_fill_(~mask, float("-inf"))  # [pq, pk]
     scale = 1.0 / float(config.layer_attn_scales[layer])
-    scores = _scratch(work, "scores", (b * h, n_q, n_k), q)  # [b*h, pq, pk]
+    scores = scratch(work, "scores", (b * h, n_q, n_k), q)  # [b*h, pq, pk]
     torch.baddbmm(bias, q.reshape(b * h, n_q, e), k.reshape(b * h, n_k, e).transpose(1, 2), alpha=scale, out=scores)
-    weights = torch.softmax(scores, dim=-1, out=_scratch(work, "weights", scores.shape, q))  # [b*h, pq, pk]
-    z = torch.bmm(weights, v.reshape(b * h, n_k, e), out=_scratch(work, "z", (b * h, n_q, e), q))  # [b*h, pq, e]
+    weights = torch.softmax(scores, dim=-1, out=scratch(work, "weights", scores.shape, q))  # [b*h, pq, pk]
+    z = torch.bmm(weights, v.reshape(b * h, n_k, e), out=scratch(work, "z", (b * h, n_q, e), q))  # [b*h, pq, e]
     return z.view(b, h, n_q, e)  # [b, h, pq, e]

@@ -258,7 +258,7 @@ def resume_at(
     head_ids = torch.arange(H, device=dev)  # [H]
     z_mid = ((row[:, None] * H + head_ids) * (n_keys - p0) + (pos - p0)[:, None]).flatten()  # [T*H] into [b, H, L, e]
     z_last = ((row[at_read, None] * H + head_ids) * len(q_read) + torch.searchsorted(q_read, pos[at_read])[:, None]).flatten()  # [Tr*H] into [b, H, Lr, e]
-    scratch = attention._scratch
+    scratch = attention.scratch
     for current in range(layer, c.n_layers):
         last = current == c.n_layers - 1
         new_tokens = first if current == layer else None  # None: every packed token is new
@@ -285,7 +285,7 @@ def resume_at(
             torch.index_select(source[:, i * e : (i + 1) * e], 0, index, out=scratch(work, name, (index.shape[0], e), x)).view(b, H, -1, e)
             for i, (name, index) in enumerate((("q", q_index), ("k", k_index), ("v", k_index)))
         )  # [b, H, Lq, e], [b, H, P, e], [b, H, P, e]
-        z = attention._mix_small(c, current, q, k, v, q_pos, work)  # [b, H, Lq, e]
+        z = attention.mix_small(c, current, q, k, v, q_pos, work)  # [b, H, Lq, e]
         z = torch.index_select(z.reshape(-1, e), 0, out_idx, out=scratch(work, "zt", (len(out_idx), e), z)).view(-1, H * e)  # [t, H*e]
         heads = torch.addmm(view.b_O[current], z, view.W_O[current].flatten(0, 1), out=scratch(work, "heads", (z.shape[0], c.d_model), z))  # [t, d]
         attn = view.attn_write(current, heads, with_bias=False)  # [t, d]
