@@ -13,7 +13,7 @@ variant keeps them), so a change found on one hypothesis applies to its variants
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional, Union
+from typing import Iterable, Optional, Union
 
 import attrs
 
@@ -104,9 +104,5 @@ def apply(h: Hypothesis, changes: Iterable[Change], name: Optional[str] = None) 
             features[change.target] = change.feature
         else:
             raise HypothesisError(f"{h.name}: {change!r} is not a search change (RemoveEdge or Coarsen)")
-    return copy_with(h, lambda e: edge_key(e) not in drop, features, name or h.name)
+    return variants.copy_keeping(h, lambda e: edge_key(e) not in drop, name or h.name, features)
 
-
-def copy_with(h: Hypothesis, keep_edge, features: Mapping[str, Feature], name: str) -> Hypothesis:
-    """`variants.copy_keeping` with some claims' features replaced (by claim name)."""
-    return variants.copy_keeping(h, keep_edge, name, features)
